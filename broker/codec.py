@@ -31,8 +31,11 @@ def encode(
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": message.KIND}
     body.update(message.to_map(binary=binary))
     try:
-        payload = cbor2.dumps(body) if binary else json.dumps(body, separators=(",", ":"),
-                                                              allow_nan=False).encode()
+        payload = (
+            cbor2.dumps(body)
+            if binary
+            else json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        )
     except (TypeError, ValueError, cbor2.CBOREncodeError) as exc:
         raise CodecError(f"cannot encode {message.KIND}: {exc}") from exc
     if len(payload) > max_bytes:
@@ -41,7 +44,9 @@ def encode(
 
 
 def decode(
-    payload: bytes | bytearray, content_type: str | None = None, *,
+    payload: bytes | bytearray,
+    content_type: str | None = None,
+    *,
     max_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> WireMessage:
     """Parse and validate ``payload``; no content type means CBOR unless it looks like JSON."""

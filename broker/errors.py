@@ -1,7 +1,7 @@
 """Exceptions raised by the bus, and the closed set of wire error codes.
 
-Every exception the bus raises derives from :class:`BusError`; errors from paho,
-aiomqtt, cbor2 and the operating system are mapped at the boundary and chained::
+Every exception the bus raises derives from :class:`BusError`; errors from
+the socket layer, cbor2 and the operating system are mapped at the boundary and chained::
 
     BusError
     ├── TopicError          an id or topic breaks the namespace rules

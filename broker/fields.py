@@ -34,31 +34,31 @@ class FieldReader:
             return None
         return self._data[name]
 
-    def str(self, name: str, *, max_len: int = 1 << 20) -> str:
+    def string(self, name: str, *, max_len: int = 1 << 20) -> str:
         value = self._get(name, True)
         return self._check_str(name, value, max_len)
 
-    def opt_str(self, name: str, *, max_len: int = 1 << 20) -> str | None:
+    def opt_string(self, name: str, *, max_len: int = 1 << 20) -> str | None:
         value = self._get(name, False)
         return None if value is None else self._check_str(name, value, max_len)
 
-    def int(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    def integer(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
         return self._check_int(name, self._get(name, True), lo, hi)
 
-    def opt_int(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
+    def opt_integer(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
         value = self._get(name, False)
         return None if value is None else self._check_int(name, value, lo, hi)
 
-    def float(self, name: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    def number(self, name: str, *, lo: float | None = None, hi: float | None = None) -> float:
         return self._check_float(name, self._get(name, True), lo, hi)
 
-    def opt_float(
+    def opt_number(
         self, name: str, *, lo: float | None = None, hi: float | None = None
     ) -> float | None:
         value = self._get(name, False)
         return None if value is None else self._check_float(name, value, lo, hi)
 
-    def bool(self, name: str, *, default: bool = False) -> bool:
+    def flag(self, name: str, *, default: bool = False) -> bool:
         value = self._get(name, False)
         if value is None:
             return default
@@ -66,7 +66,7 @@ class FieldReader:
             raise CodecError(f"{self._where}: field {name!r} must be a boolean")
         return value
 
-    def map(self, name: str, *, required: bool = False) -> dict[str, Any]:
+    def mapping(self, name: str, *, required: bool = False) -> dict[str, Any]:
         value = self._get(name, required)
         if value is None:
             return {}
@@ -75,7 +75,7 @@ class FieldReader:
         check_plain(value, f"{self._where}.{name}")
         return dict(value)
 
-    def list(self, name: str, *, required: bool = False) -> list[Any]:
+    def sequence(self, name: str, *, required: bool = False) -> list[Any]:
         value = self._get(name, required)
         if value is None:
             return []
@@ -83,7 +83,7 @@ class FieldReader:
             raise CodecError(f"{self._where}: field {name!r} must be a list")
         return list(value)
 
-    def any(self, name: str) -> Any:
+    def plain(self, name: str) -> Any:
         value = self._get(name, False)
         check_plain(value, f"{self._where}.{name}")
         return value

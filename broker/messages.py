@@ -108,11 +108,11 @@ class Embedding:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        dtype_name = r.str("dtype", max_len=16)
+        dtype_name = r.string("dtype", max_len=16)
         if dtype_name not in DTYPES:
             raise CodecError(f"embedding dtype must be float32 or float16, not {dtype_name!r}")
         dtype = DTYPES[dtype_name]
-        shape = r.list("shape", required=True)
+        shape = r.sequence("shape", required=True)
         if not 1 <= len(shape) <= 2 or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape
         ):
@@ -136,8 +136,11 @@ class Embedding:
             vec = np.asarray(raw, dtype=np.float64).astype(dtype).reshape(shape)
         else:
             raise CodecError("embedding.data must be bytes or a list of numbers")
-        out = cls(vector=_freeze(vec.astype(dtype.newbyteorder("="))), model=r.str("model"),
-                  meta=r.map("meta"))
+        out = cls(
+            vector=_freeze(vec.astype(dtype.newbyteorder("="))),
+            model=r.string("model"),
+            meta=r.mapping("meta"),
+        )
         r.finish()
         return out
 
@@ -159,8 +162,8 @@ class ChatMessage:
 
 def _chat_message(value: Any, index: int) -> ChatMessage:
     r = FieldReader(value, f"chat.messages[{index}]")
-    role = r.str("role", max_len=16)
-    msg = ChatMessage(role=role, content=r.str("content"))  # type: ignore[arg-type]
+    role = r.string("role", max_len=16)
+    msg = ChatMessage(role=role, content=r.string("content"))  # type: ignore[arg-type]
     r.finish()
     return msg
 
@@ -218,20 +221,20 @@ class Chat:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        raw_messages = r.list("messages", required=True)
-        stop = r.list("stop")
+        raw_messages = r.sequence("messages", required=True)
+        stop = r.sequence("stop")
         if any(not isinstance(s, str) for s in stop):
             raise CodecError("chat.stop must be a list of strings")
         out = cls(
             messages=tuple(_chat_message(m, i) for i, m in enumerate(raw_messages)),
-            max_tokens=r.opt_int("max_tokens", lo=1, hi=1 << 20) or 128,
-            temperature=r.opt_float("temperature", lo=0.0, hi=5.0),
-            top_p=r.opt_float("top_p", lo=0.0, hi=1.0),
-            top_k=r.opt_int("top_k", lo=0),
+            max_tokens=r.opt_integer("max_tokens", lo=1, hi=1 << 20) or 128,
+            temperature=r.opt_number("temperature", lo=0.0, hi=5.0),
+            top_p=r.opt_number("top_p", lo=0.0, hi=1.0),
+            top_k=r.opt_integer("top_k", lo=0),
             stop=tuple(stop),
-            stream=r.bool("stream"),
-            model=r.opt_str("model", max_len=256),
-            meta=r.map("meta"),
+            stream=r.flag("stream"),
+            model=r.opt_string("model", max_len=256),
+            meta=r.mapping("meta"),
         )
         r.finish()
         return out
@@ -256,7 +259,7 @@ class Chunk:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        out = cls(seq=r.int("seq", lo=0), text=r.str("text"))
+        out = cls(seq=r.integer("seq", lo=0), text=r.string("text"))
         r.finish()
         return out
 
@@ -316,23 +319,23 @@ class Result:
     def from_map(cls, r: FieldReader) -> Self:
         ur = FieldReader(r.raw("usage", required=False) or {}, "result.usage")
         usage = Usage(
-            prompt_tokens=ur.opt_int("prompt_tokens", lo=0) or 0,
-            completion_tokens=ur.opt_int("completion_tokens", lo=0) or 0,
+            prompt_tokens=ur.opt_integer("prompt_tokens", lo=0) or 0,
+            completion_tokens=ur.opt_integer("completion_tokens", lo=0) or 0,
         )
         ur.finish()
-        timings = r.map("timings")
+        timings = r.mapping("timings")
         if any(isinstance(v, bool) or not isinstance(v, int | float) for v in timings.values()):
             raise CodecError("result.timings values must be numbers")
         out = cls(
-            text=r.str("text"),
+            text=r.string("text"),
             usage=usage,
-            confidence=r.opt_float("confidence", lo=0.0, hi=1.0),
-            node=r.opt_str("node", max_len=256),
-            model=r.opt_str("model", max_len=256),
-            finish_reason=r.opt_str("finish_reason", max_len=64),
-            chunks=r.opt_int("chunks", lo=0) or 0,
+            confidence=r.opt_number("confidence", lo=0.0, hi=1.0),
+            node=r.opt_string("node", max_len=256),
+            model=r.opt_string("model", max_len=256),
+            finish_reason=r.opt_string("finish_reason", max_len=64),
+            chunks=r.opt_integer("chunks", lo=0) or 0,
             timings={k: float(v) for k, v in timings.items()},
-            meta=r.map("meta"),
+            meta=r.mapping("meta"),
         )
         r.finish()
         return out
@@ -353,12 +356,12 @@ class ErrorReply:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        code = r.str("code", max_len=32)
+        code = r.string("code", max_len=32)
         try:
             parsed = ErrorCode(code)
         except ValueError:
             raise CodecError(f"error.code {code!r} is not a known error code") from None
-        out = cls(code=parsed, message=r.str("message", max_len=4096))
+        out = cls(code=parsed, message=r.string("message", max_len=4096))
         r.finish()
         return out
 
@@ -387,7 +390,7 @@ class Entry:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        out = cls(value=r.any("value"), ts=r.opt_float("ts"))
+        out = cls(value=r.plain("value"), ts=r.opt_number("ts"))
         r.finish()
         return out
 
@@ -414,7 +417,7 @@ class Birth:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        out = cls(session=r.int("session", lo=0), info=r.map("info"), ts=r.opt_float("ts"))
+        out = cls(session=r.integer("session", lo=0), info=r.mapping("info"), ts=r.opt_number("ts"))
         r.finish()
         return out
 
@@ -441,10 +444,12 @@ class State:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        state = r.str("state", max_len=16)
+        state = r.string("state", max_len=16)
         if state not in ("online", "offline"):
             raise CodecError("state.state must be 'online' or 'offline'")
-        out = cls(online=state == "online", session=r.int("session", lo=0), ts=r.opt_float("ts"))
+        out = cls(
+            online=state == "online", session=r.integer("session", lo=0), ts=r.opt_number("ts")
+        )
         r.finish()
         return out
 

@@ -22,9 +22,7 @@ KNOWLEDGE_ROOT = "knowledge"
 REPLY_ROOT = "reply"
 CMS_ROOT = "slm"
 
-TopicKind = Literal[
-    "data", "capability_request", "node_request", "knowledge_query", "reply", "cms"
-]
+TopicKind = Literal["data", "capability_request", "node_request", "knowledge_query", "reply", "cms"]
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -110,9 +108,7 @@ def validate_cms_level(value: str) -> str:
         if bad in value:
             raise TopicError(f"CMS key level {value!r} must not contain {bad!r}")
     if not _CMS_KEY_LEVEL.fullmatch(value):
-        raise TopicError(
-            f"CMS key level {value!r} must be lowercase a-z, 0-9, '_', '-' or '.'"
-        )
+        raise TopicError(f"CMS key level {value!r} must be lowercase a-z, 0-9, '_', '-' or '.'")
     return value
 
 

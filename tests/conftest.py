@@ -1,0 +1,35 @@
+"""Shared fixtures: real Mosquitto brokers started by the launcher, unique topic prefixes.
+
+- ``mosquitto`` (session): one broker on a free port for the whole run. Do not stop,
+  restart or kill it; use ``fresh_broker`` for that.
+- ``fresh_broker`` (function): a broker of its own, for restart, kill and fault tests.
+- ``prefix`` (function): a unique topic level (``t`` + 8 hex digits) so that tests
+  sharing the session broker never see each other's messages or retained entries.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from broker.launcher import MosquittoBroker
+from broker.topics import validate_id
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def fresh_broker() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def prefix() -> str:
+    return validate_id(f"t{secrets.token_hex(4)}", "test prefix")
