@@ -30,7 +30,7 @@ from broker.errors import NotConnected
 from broker.mqtt5 import Props, Publish
 from broker.settings import BusSettings
 from broker.topics import validate_id
-from broker.transport import Link
+from broker.transport import Link, PublishRefused
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class BusClient:
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._connect_hooks: list[Hook] = []
         self._close_hooks: list[Hook] = []
-        self._first_error: BaseException | None = None
+        self._last_error: BaseException | None = None
         self.connections = 0
         self.dropped_handler_errors = 0
 
@@ -208,7 +208,7 @@ class BusClient:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError:
             where = f"{self.settings.host}:{self.settings.port}"
-            detail = f": {self._first_error}" if self._first_error else ""
+            detail = f": {self._last_error}" if self._last_error else ""
             raise NotConnected(f"no connection to the broker at {where}{detail}") from None
 
     # --- publish / subscribe ------------------------------------------------------
@@ -269,7 +269,7 @@ class BusClient:
 
     # --- connection supervisor ----------------------------------------------------
 
-    async def _open_link(self, first: bool) -> Link:
+    async def _open_link(self) -> Link:
         s = self.settings
         tls_context = None
         if s.tls is not None:
@@ -295,7 +295,9 @@ class BusClient:
             s.host,
             s.port,
             keepalive=s.keepalive_s,
-            clean_start=first or s.session_expiry_s == 0,
+            # A persistent session (expiry > 0) is resumed even by a restarted agent,
+            # so that QoS 1 requests queued meanwhile (and not yet expired) reach it.
+            clean_start=s.session_expiry_s == 0,
             session_expiry=s.session_expiry_s,
             timeout=s.connect_timeout_s,
         )
@@ -303,28 +305,29 @@ class BusClient:
 
     async def _run(self) -> None:
         attempt = 0
-        first = True
         while not self._closing:
             link: Link | None = None
             try:
-                link = await self._open_link(first)
-                first = False
+                link = await self._open_link()
                 attempt = 0
                 self.connections += 1
                 self._link = link
                 for sub in list(self._subs.values()):
-                    await self._send_subscribe(link, sub)
+                    try:
+                        await self._send_subscribe(link, sub)
+                    except PublishRefused as exc:
+                        # For example, an ACL that changed while we were away.
+                        logger.error("%s: %s", self.client_id, exc)  # noqa: TRY400
                 self._connected.set()
                 logger.info(
                     "%s connected to %s:%s", self.client_id, self.settings.host, self.settings.port
                 )
                 for hook in self._connect_hooks:
                     self._spawn(hook(), "connect-hook")
-                reason = await link.closed
+                reason = await asyncio.shield(link.closed)
                 logger.warning("%s: broker connection lost: %s", self.client_id, reason)
             except NotConnected as exc:
-                if self._first_error is None:
-                    self._first_error = exc
+                self._last_error = exc
                 logger.warning("%s: %s", self.client_id, exc)
             except asyncio.CancelledError:
                 if link is not None:
