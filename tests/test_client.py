@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from broker import BusClient, BusError, Inbound, MAX_PAYLOAD_BYTES, NotConnected, Will
+from broker import MAX_PAYLOAD_BYTES, BusClient, BusError, BusSettings, Inbound, NotConnected, Will
 from broker.launcher import free_port
 from tests.helpers import eventually, settings
 
@@ -38,7 +38,8 @@ async def test_overlapping_filters_each_get_the_message_once(mosquitto, prefix):
         await a.publish(f"data/{prefix}/hr/w1", b"x")
         await eventually(lambda: wide and narrow, what="both handlers")
         await asyncio.sleep(0.1)
-        assert wide == [b"x"] and narrow == [b"x"]
+        assert wide == [b"x"]
+        assert narrow == [b"x"]
 
 
 async def test_sockets_set_tcp_nodelay(mosquitto, prefix):
@@ -65,16 +66,10 @@ async def test_failing_handler_does_not_stop_the_client(mosquitto, prefix):
 
 async def test_unreachable_broker_is_a_clear_error():
     port = free_port()
-    bus = BusClient(settings_for_port(port), "lonely")
+    bus = BusClient(BusSettings(port=port, connect_timeout_s=0.5), "lonely")
     with pytest.raises(NotConnected, match=f"127.0.0.1:{port}"):
         async with bus:
             pass
-
-
-def settings_for_port(port: int):
-    from broker import BusSettings
-
-    return BusSettings(port=port, connect_timeout_s=0.5, reconnect_min_s=0.05)
 
 
 async def test_oversized_publish_is_refused_by_the_broker(mosquitto, prefix):
