@@ -36,7 +36,7 @@ async def test_overlapping_filters_each_get_the_message_once(mosquitto, prefix):
         await a.subscribe(f"data/{prefix}/#", lambda m: wide.append(m.payload))
         await a.subscribe(f"data/{prefix}/hr/+", lambda m: narrow.append(m.payload))
         await a.publish(f"data/{prefix}/hr/w1", b"x")
-        await eventually(lambda: wide and narrow, what="both handlers")
+        await eventually(lambda: bool(wide and narrow), what="both handlers")
         await asyncio.sleep(0.1)
         assert wide == [b"x"]
         assert narrow == [b"x"]
@@ -44,7 +44,9 @@ async def test_overlapping_filters_each_get_the_message_once(mosquitto, prefix):
 
 async def test_sockets_set_tcp_nodelay(mosquitto, prefix):
     async with BusClient(settings(mosquitto), f"{prefix}-a") as bus:
+        assert bus._link is not None
         transport = bus._link._transport  # the socket is not part of the public API
+        assert transport is not None
         sock = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
@@ -124,5 +126,6 @@ async def test_clean_exit_does_not_publish_the_will(mosquitto, prefix):
             will=lambda: Will(will_topic, b"gone", retain=False),
         )
         async with doomed:
+            assert doomed._link is not None
             doomed._link.abort()  # a crash: the socket drops without DISCONNECT
             await eventually(lambda: wills == [b"gone"], what="will after abort")
