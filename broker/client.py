@@ -140,6 +140,7 @@ class BusClient:
         self._close_hooks: list[Hook] = []
         self._last_error: BaseException | None = None
         self.connections = 0
+        self.connected_at = 0.0  # monotonic time of the last CONNACK
         self.dropped_handler_errors = 0
 
     # --- lifecycle -------------------------------------------------------------------
@@ -309,6 +310,7 @@ class BusClient:
             link: Link | None = None
             try:
                 link = await self._open_link()
+                self.connected_at = time.monotonic()
                 attempt = 0
                 self.connections += 1
                 self._link = link

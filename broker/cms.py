@@ -136,8 +136,6 @@ class Mirror:
         self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
-        self._generation = 0
-        self._seen_in: dict[str, int] = {}
         self._unhook: Callable[[], None] = lambda: None
         self.stats: Counter[str] = Counter()
 
@@ -220,20 +218,18 @@ class Mirror:
         expires = None if msg.expiry_s is None else msg.received_at + msg.expiry_s
         found = CmsEntry(key, message, msg.received_at, expires)
         self._entries[key] = found
-        self._seen_in[key] = self._generation
         self._emit(CmsEvent(key, found, "set"))
 
     async def _resync(self) -> None:
         """After a reconnect: the broker replays what it holds; drop what it no longer has."""
         if not self._synced.is_set():
             return
-        self._generation += 1
-        generation = self._generation
+        since = self.cms.bus.connected_at
         await self.cms.barrier(self.sync_timeout)
-        for key in [k for k, g in self._seen_in.items() if g < generation]:
-            self._seen_in.pop(key, None)
-            if self._entries.pop(key, None) is not None:
-                self._emit(CmsEvent(key, None, "cleared"))
+        for key in [k for k, e in self._entries.items() if e.received_at < since]:
+            del self._entries[key]
+            self._emit(CmsEvent(key, None, "cleared"))
+        self.stats["resyncs"] += 1
 
     async def _sweep(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import time
 
 from broker import (
@@ -68,8 +69,9 @@ async def _responder(req: Request) -> Result:
     words = body.messages[-1].content.split()
     started = time.perf_counter()
     for word in words[: body.max_tokens]:
-        await req.chunk(word + " ")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # as if decoding a token
+        if body.stream:
+            await req.chunk(word + " ")
     text = " ".join(words[: body.max_tokens])
     return Result(
         text=text,
@@ -82,6 +84,10 @@ async def _responder(req: Request) -> Result:
 
 
 async def _demo(port: int, question: str, serve: bool) -> int:
+    # SIGTERM ends the demo like Ctrl-C: agents disconnect, the broker is stopped.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     settings = BusSettings(port=port)
     presence = Presence(
         NODE_ID,
@@ -159,5 +165,5 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"Mosquitto {broker.url} (config: mosquitto.conf, pid {broker.pid})")
         try:
             return asyncio.run(_demo(broker.port, args.question, args.serve))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             return 0
