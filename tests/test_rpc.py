@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -179,10 +180,15 @@ async def test_handler_crash_is_internal_and_the_server_keeps_serving(pair):
 
 async def _raw_request(
     bus: BusClient, topic: str, payload: bytes, *, content_type: str | None, response: bool = True
-) -> dict | None:
+) -> dict[str, Any] | None:
     reply_to = f"reply/{bus.client_id}/raw"
     got: asyncio.Future[Inbound] = asyncio.get_running_loop().create_future()
-    sub = await bus.subscribe(reply_to, lambda m: got.done() or got.set_result(m))
+
+    def on_reply(msg: Inbound) -> None:
+        if not got.done():
+            got.set_result(msg)
+
+    sub = await bus.subscribe(reply_to, on_reply)
     props = publish_properties(
         content_type=content_type,
         response_topic=reply_to if response else None,
