@@ -15,10 +15,10 @@ the socket layer, cbor2 and the operating system are mapped at the boundary and 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """The closed set of error codes carried by ``error`` replies.
 
     - ``bad_request``: the request is malformed or fails validation.

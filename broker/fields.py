@@ -100,6 +100,7 @@ class FieldReader:
     def _check_str(self, name: str, value: Any, max_len: int) -> str:
         if not isinstance(value, str):
             raise CodecError(f"{self._where}: field {name!r} must be a string")
+        check_text(value, f"{self._where}.{name}")
         if len(value) > max_len:
             raise CodecError(f"{self._where}: field {name!r} is longer than {max_len}")
         return value
@@ -122,11 +123,21 @@ class FieldReader:
         return out
 
 
+def check_text(value: str, where: str) -> None:
+    """Refuse strings that cannot be UTF-8 (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CodecError(f"{where}: invalid Unicode (lone surrogate)") from None
+
+
 def check_plain(value: Any, where: str, depth: int = 0) -> None:
     """Refuse anything that is not JSON-shaped (maps with string keys, lists, scalars)."""
     if depth > MAX_DEPTH:
         raise CodecError(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, JSON_SCALARS):
+        if isinstance(value, str):
+            check_text(value, where)
         if isinstance(value, float) and not math.isfinite(value):
             raise CodecError(f"{where}: numbers must be finite")
         return
@@ -134,6 +145,7 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CodecError(f"{where}: map keys must be strings")
+            check_text(key, where)
             check_plain(item, f"{where}.{key}", depth + 1)
         return
     if isinstance(value, list | tuple):

@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant", "tool")
 DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_DIM = 1 << 20
+MAX_ERROR_MESSAGE = 4096
+MAX_NAME = 256
 
 
 class WireMessage(Protocol):
@@ -133,7 +135,10 @@ class Embedding:
                 isinstance(x, bool) or not isinstance(x, int | float) for x in raw
             ):
                 raise CodecError(f"embedding.data must be {count} numbers")
-            vec = np.asarray(raw, dtype=np.float64).astype(dtype).reshape(shape)
+            wide = np.asarray(raw, dtype=np.float64)
+            if not np.all(np.isfinite(wide)) or np.abs(wide).max() > np.finfo(dtype).max:
+                raise CodecError(f"embedding values must be finite and fit {dtype_name}")
+            vec = wide.astype(dtype).reshape(shape)
         else:
             raise CodecError("embedding.data must be bytes or a list of numbers")
         out = cls(
@@ -195,6 +200,8 @@ class Chat:
             raise CodecError("chat.top_p must be between 0 and 1")
         if self.top_k is not None and self.top_k < 0:
             raise CodecError("chat.top_k must not be negative")
+        if self.model is not None and len(self.model) > MAX_NAME:
+            raise CodecError(f"chat.model is longer than {MAX_NAME}")
         check_plain(self.meta, "chat.meta")
 
     @classmethod
@@ -233,7 +240,7 @@ class Chat:
             top_k=r.opt_integer("top_k", lo=0),
             stop=tuple(stop),
             stream=r.flag("stream"),
-            model=r.opt_string("model", max_len=256),
+            model=r.opt_string("model", max_len=MAX_NAME),
             meta=r.mapping("meta"),
         )
         r.finish()
@@ -293,6 +300,13 @@ class Result:
     def __post_init__(self) -> None:
         if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
             raise CodecError("result.confidence must be between 0 and 1")
+        for name, value, limit in (
+            ("node", self.node, MAX_NAME),
+            ("model", self.model, MAX_NAME),
+            ("finish_reason", self.finish_reason, 64),
+        ):
+            if value is not None and len(value) > limit:
+                raise CodecError(f"result.{name} is longer than {limit}")
         check_plain(self.meta, "result.meta")
 
     def to_map(self, *, binary: bool) -> dict[str, Any]:
@@ -317,7 +331,8 @@ class Result:
 
     @classmethod
     def from_map(cls, r: FieldReader) -> Self:
-        ur = FieldReader(r.raw("usage", required=False) or {}, "result.usage")
+        raw_usage = r.raw("usage", required=False)
+        ur = FieldReader({} if raw_usage is None else raw_usage, "result.usage")
         usage = Usage(
             prompt_tokens=ur.opt_integer("prompt_tokens", lo=0) or 0,
             completion_tokens=ur.opt_integer("completion_tokens", lo=0) or 0,
@@ -330,8 +345,8 @@ class Result:
             text=r.string("text"),
             usage=usage,
             confidence=r.opt_number("confidence", lo=0.0, hi=1.0),
-            node=r.opt_string("node", max_len=256),
-            model=r.opt_string("model", max_len=256),
+            node=r.opt_string("node", max_len=MAX_NAME),
+            model=r.opt_string("model", max_len=MAX_NAME),
             finish_reason=r.opt_string("finish_reason", max_len=64),
             chunks=r.opt_integer("chunks", lo=0) or 0,
             timings={k: float(v) for k, v in timings.items()},
@@ -350,6 +365,12 @@ class ErrorReply:
     code: ErrorCode
     message: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, ErrorCode):
+            raise CodecError(f"error.code must be an ErrorCode, not {self.code!r}")
+        if len(self.message) > MAX_ERROR_MESSAGE:
+            raise CodecError(f"error.message is longer than {MAX_ERROR_MESSAGE}")
+
     def to_map(self, *, binary: bool) -> dict[str, Any]:
         del binary
         return {"code": self.code.value, "message": self.message}
@@ -361,7 +382,7 @@ class ErrorReply:
             parsed = ErrorCode(code)
         except ValueError:
             raise CodecError(f"error.code {code!r} is not a known error code") from None
-        out = cls(code=parsed, message=r.string("message", max_len=4096))
+        out = cls(code=parsed, message=r.string("message", max_len=MAX_ERROR_MESSAGE))
         r.finish()
         return out
 
@@ -406,6 +427,8 @@ class Birth:
     ts: float | None = None
 
     def __post_init__(self) -> None:
+        if self.session < 0:
+            raise CodecError("birth.session must not be negative")
         check_plain(self.info, "birth.info")
 
     def to_map(self, *, binary: bool) -> dict[str, Any]:
@@ -431,6 +454,10 @@ class State:
     online: bool
     session: int
     ts: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.session < 0:
+            raise CodecError("state.session must not be negative")
 
     def to_map(self, *, binary: bool) -> dict[str, Any]:
         del binary

@@ -193,26 +193,25 @@ class Reader:
             kind = PROPERTY_TYPES.get(ident)
             if kind is None:
                 raise ProtocolError(f"unknown property {ident}")
-            value: Any
-            if kind == _BYTE:
-                value = self.byte()
-            elif kind == _U16:
-                value = self.u16()
-            elif kind == _U32:
-                value = self.u32()
-            elif kind == _VARINT:
-                value = self.varint()
-            elif kind == _BIN:
-                value = self.binary()
-            elif kind == _STR:
-                value = self.string()
-            else:
-                value = (self.string(), self.string())
+            value = _READ[kind](self)
             if ident in _REPEATABLE:
                 props.setdefault(ident, []).append(value)
             else:
                 props[ident] = value
+        if self.pos != end:
+            raise ProtocolError("a property runs past the declared properties length")
         return props
+
+
+_READ: Final[dict[int, Any]] = {
+    _BYTE: Reader.byte,
+    _U16: Reader.u16,
+    _U32: Reader.u32,
+    _VARINT: Reader.varint,
+    _BIN: Reader.binary,
+    _STR: Reader.string,
+    _PAIR: lambda r: (r.string(), r.string()),
+}
 
 
 # --- packets ----------------------------------------------------------------------

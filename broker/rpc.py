@@ -27,7 +27,7 @@ from typing import Self
 from broker.client import BusClient, Inbound, Subscription, publish_properties
 from broker.codec import CBOR, decode, encode
 from broker.errors import BusError, CodecError, ErrorCode, RpcError, RpcTimeout
-from broker.messages import Chunk, ErrorReply, Result, WireMessage
+from broker.messages import MAX_ERROR_MESSAGE, Chunk, ErrorReply, Result, WireMessage
 from broker.topics import REPLY_ROOT, reply_topic
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class RpcServer:
             self.stats["served"] += 1
             return replace(result, chunks=request.chunks_sent)
         self.stats[f"error_{code.value}"] += 1
-        return ErrorReply(code, text)
+        return ErrorReply(code, text[:MAX_ERROR_MESSAGE])
 
     async def reply(self, msg: Inbound, reply: WireMessage) -> None:
         """Publish ``reply`` to the request's response topic with its correlation data."""

@@ -124,6 +124,8 @@ def validate_cms_key(key: str) -> str:
 
 def validate_cms_prefix(prefix: str) -> str:
     """A prefix of CMS keys (``slm``, ``slm/nodes``...); a trailing '/' is dropped."""
+    if not isinstance(prefix, str):
+        raise TopicError(f"a CMS prefix must be a string, got {type(prefix).__name__}")
     prefix = prefix.rstrip("/")
     levels = _split(prefix)
     if levels[0] != CMS_ROOT:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare this checkout on a Debian-family machine (Debian, Ubuntu, Jetson Linux,
-# Raspberry Pi OS): Python >= 3.10 with venv, Mosquitto, and .venv in the repo root
+# Raspberry Pi OS): Python >= 3.11 with venv, Mosquitto, and .venv in the repo root
 # with edgecollab installed in editable mode with the given extras.
 #
 #   bash scripts/setup.sh [EXTRAS]        e.g. all | all,dev | node | gateway,dev
@@ -11,7 +11,7 @@
 # printed and the script exits 1.
 #
 # Environment:
-#   PYTHON                 interpreter to build .venv with (default: first python3 >= 3.10)
+#   PYTHON                 interpreter to build .venv with (default: first python3 >= 3.11)
 #   EDGECOLLAB_WHEELHOUSE  directory of prebuilt wheels, e.g. llama-cpp-python built for
 #                          this device (default: ~/wheelhouse when it exists)
 set -euo pipefail
@@ -47,8 +47,8 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# --- Python >= 3.10 ------------------------------------------------------------
-python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; }
+# --- Python >= 3.11 ------------------------------------------------------------
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 
 find_python() {
     local candidate
@@ -56,7 +56,7 @@ find_python() {
         python_ok "$PYTHON" && command -v "$PYTHON" && return 0
         return 1
     fi
-    for candidate in python3 python3.13 python3.12 python3.11 python3.10; do
+    for candidate in python3 python3.13 python3.12 python3.11; do
         if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
             command -v "$candidate"
             return 0
@@ -66,14 +66,14 @@ find_python() {
 }
 
 if ! PY="$(find_python)"; then
-    [ -z "${PYTHON:-}" ] || die "PYTHON=$PYTHON is not a Python >= 3.10"
+    [ -z "${PYTHON:-}" ] || die "PYTHON=$PYTHON is not a Python >= 3.11"
     if command -v python3 >/dev/null 2>&1; then
-        die "edgecollab needs Python >= 3.10; $(python3 -V 2>&1) is too old (Ubuntu 20.04 /
-    JetPack 5: install python3.10 and run with PYTHON=python3.10)"
+        die "edgecollab needs Python >= 3.11; $(python3 -V 2>&1) is too old (Ubuntu 22.04 /
+    JetPack 6: sudo apt-get install python3.11 python3.11-venv, then run with PYTHON=python3.11)"
     fi
     require_packages "python3" python3 python3-venv python3-pip
     apt_install python3 python3-venv python3-pip
-    PY="$(find_python)" || die "no Python >= 3.10 after installing python3"
+    PY="$(find_python)" || die "no Python >= 3.11 after installing python3"
 fi
 
 # --- .venv -----------------------------------------------------------------------
