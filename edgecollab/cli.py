@@ -12,6 +12,7 @@ import sys
 
 from broker.broker_cli import add_broker_parser
 from broker.cms_cli import add_cms_parser
+from edge_node.cli import add_node_parser
 from edgecollab.demo import add_up_parser
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_parser(commands)
     add_broker_parser(commands)
     add_cms_parser(commands)
+    add_node_parser(commands)
     return parser
 
 

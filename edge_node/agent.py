@@ -1,0 +1,277 @@
+"""The edge node agent: serves chat requests with its engine over MQTT.
+
+It subscribes to its directed topic and to the shared-subscription pool of each
+capability; admits a request only when a slot and its tokens are free (else
+``overloaded`` at once); runs inference on a worker thread and streams chunks;
+stops work whose deadline passed; keeps its birth, load and metrics in the CMS;
+applies ``slm/parameters/{model}/temperature|top_k|top_p`` live; and on stop
+leaves the pools, drains what runs, and says offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from broker import (
+    BusClient,
+    Chat,
+    Cms,
+    ErrorCode,
+    Mirror,
+    Presence,
+    Request,
+    Result,
+    RpcError,
+    RpcServer,
+    Subscription,
+    Usage,
+)
+from broker.topics import capability_shared_filter, cms_key, node_key, node_request_topic
+from edge_node.admission import Admission
+from edge_node.config import NodeConfig
+from edge_node.engines.base import Engine, EngineError, Generation, GenerationRequest, Sampling
+from edge_node.metrics import NodeMetrics, load_record
+
+logger = logging.getLogger(__name__)
+VERSION = "0.1.0"
+_DONE = object()
+
+
+class NodeAgent:
+    """One node: ``await NodeAgent(config, engine).run(stop_event)``."""
+
+    def __init__(self, config: NodeConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.model_id = engine.info.model_id
+        concurrency = min(config.limits.concurrency or engine.slots, engine.slots)
+        self.admission = Admission(concurrency, config.limits.max_inflight_tokens)
+        self.metrics = NodeMetrics()
+        self.presence = Presence(config.node_id, self._birth_info)
+        self.draining = False
+        self._executor = ThreadPoolExecutor(engine.slots, thread_name_prefix="inference")
+        self._load_changed = asyncio.Event()
+        self._params_mirror: Mirror | None = None
+        self._running: set[asyncio.Future[Generation]] = set()
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        try:
+            async with BusClient(cfg.bus, cfg.node_id, will=self.presence.will) as bus:
+                cms = Cms(bus)
+                async with cms.mirror(cms_key("parameters", self.model_id)) as params:
+                    self._params_mirror = params
+                    server = RpcServer(bus)
+                    self.server = server
+                    subs = [await server.serve(node_request_topic(cfg.node_id), self._handle)]
+                    for capability in cfg.capabilities:
+                        subs.append(
+                            await server.serve(capability_shared_filter(capability), self._handle)
+                        )
+                    await self._publish_static(cms)
+                    await self.presence.attach(bus, cms)
+                    background = [
+                        asyncio.create_task(self._publish_load(cms), name="node-load"),
+                        asyncio.create_task(self._publish_metrics(cms), name="node-metrics"),
+                    ]
+                    try:
+                        self.ready.set()
+                        await stop.wait()
+                        await self._drain(subs)
+                        await self._publish_metrics_once(cms)
+                    finally:
+                        for task in background:
+                            task.cancel()
+                        await asyncio.gather(*background, return_exceptions=True)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self, subs: list[Subscription]) -> None:
+        """Leave the pools, refuse new work, let what runs finish (up to the timeout)."""
+        self.draining = True
+        self._load_changed.set()
+        for sub in subs:
+            await sub.cancel()
+        if self._running:
+            logger.info("draining %d request(s)", len(self._running))
+            _, pending = await asyncio.wait(self._running, timeout=self.config.drain_timeout_s)
+            if pending:
+                logger.warning("%d request(s) still running after the drain timeout", len(pending))
+
+    # --- serving --------------------------------------------------------------------
+
+    async def _handle(self, req: Request) -> Result:
+        self.metrics.requests_total += 1
+        body = req.body
+        if not isinstance(body, Chat):
+            raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
+        if body.max_tokens > self.config.limits.max_tokens:
+            raise RpcError(
+                ErrorCode.BAD_REQUEST,
+                f"max_tokens {body.max_tokens} exceeds this "
+                f"node's limit of {self.config.limits.max_tokens}",
+            )
+        if self.draining:
+            self.metrics.refused_total += 1
+            raise RpcError(ErrorCode.OVERLOADED, "node is draining")
+        prompt_tokens = self.engine.count_prompt_tokens(body.messages)
+        ticket = self.admission.admit(prompt_tokens + body.max_tokens)
+        if ticket is None:
+            self.metrics.refused_total += 1
+            reason = self.admission.refusal(prompt_tokens + body.max_tokens)
+            raise RpcError(ErrorCode.OVERLOADED, f"{self.config.node_id}: {reason}")
+        self._load_changed.set()
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+        request = GenerationRequest(body.messages, body.max_tokens, self._sampling(body), body.stop)
+
+        def on_token(text: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def work() -> Generation:
+            try:
+                return self.engine.generate(request, on_token, cancel)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+
+        future = loop.run_in_executor(self._executor, work)
+        self._running.add(future)
+
+        def finished(fut: asyncio.Future[Generation]) -> None:
+            # The slot is free only when the thread is, not when the caller gave up.
+            self._running.discard(fut)
+            self.admission.release(ticket)
+            self._load_changed.set()
+            if not fut.cancelled() and fut.exception() is None:
+                self.metrics.record(fut.result())
+            else:
+                self.metrics.failed_total += 1
+
+        future.add_done_callback(finished)
+        try:
+            while (piece := await pieces.get()) is not _DONE:
+                if body.stream:
+                    await req.chunk(str(piece))
+            gen = await asyncio.shield(future)
+        except EngineError as exc:
+            raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+        finally:
+            cancel.set()  # deadline passed or caller gone: stop at the next token
+        return Result(
+            text=gen.text,
+            usage=Usage(gen.prompt_tokens, gen.completion_tokens),
+            confidence=gen.confidence,
+            node=self.config.node_id,
+            model=self.model_id,
+            finish_reason=gen.finish_reason,
+            timings={"ttft_ms": round(gen.ttft_ms, 3), "total_ms": round(gen.total_ms, 3)},
+            meta={
+                "sampling": {
+                    "temperature": request.sampling.temperature,
+                    "top_p": request.sampling.top_p,
+                    "top_k": request.sampling.top_k,
+                },
+                **({"simulated": True} if gen.simulated else {}),
+            },
+        )
+
+    def _sampling(self, body: Chat) -> Sampling:
+        """Request values first, then live CMS parameters, then the configuration."""
+        defaults = self.config.sampling
+        mirror = self._params_mirror
+        live = {
+            name: None if mirror is None else mirror.get(cms_key("parameters", self.model_id, name))
+            for name in ("temperature", "top_p", "top_k")
+        }
+        return Sampling(
+            temperature=_pick(body.temperature, live["temperature"], defaults.temperature),
+            top_p=_pick(body.top_p, live["top_p"], defaults.top_p),
+            top_k=int(_pick(body.top_k, live["top_k"], defaults.top_k)),
+        )
+
+    # --- CMS ------------------------------------------------------------------------
+
+    def _birth_info(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "models": [
+                {
+                    "id": info.model_id,
+                    "architecture": info.architecture,
+                    "parameters": info.parameters,
+                    "quantization": info.quantization,
+                    "context_length": info.context_length,
+                    "capabilities": list(info.capabilities),
+                    **info.extra,
+                }
+            ],
+            "capabilities": list(self.config.capabilities),
+            "expertise": list(self.config.expertise),
+            "device": self.config.device,
+            "limits": {
+                "concurrency": self.admission.concurrency,
+                "max_inflight_tokens": self.admission.max_inflight_tokens,
+                "max_tokens": self.config.limits.max_tokens,
+            },
+            "engine": self.config.engine.type,
+            "version": VERSION,
+        }
+
+    async def _publish_static(self, cms: Cms) -> None:
+        info = self.engine.info
+        model = ("models", info.model_id)
+        await cms.put(
+            cms_key(*model, "architecture_parameters"),
+            {"architecture": info.architecture, "parameters": info.parameters},
+        )
+        await cms.put(cms_key(*model, "context_length"), info.context_length)
+        await cms.put(cms_key(*model, "quantization"), info.quantization)
+        await cms.put(cms_key("configs", self.config.node_id, "version"), VERSION)
+        await cms.put(
+            cms_key("configs", self.config.node_id, "max_tokens"), self.config.limits.max_tokens
+        )
+
+    async def _publish_load(self, cms: Cms) -> None:
+        """Debounced on change, refreshed before its expiry while the node lives."""
+        key = node_key(self.config.node_id, "load")
+        refresh = self.config.load_expiry_s / 3
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._load_changed.wait(), refresh)
+            self._load_changed.clear()
+            record = load_record(self.admission, self.metrics, self.draining)
+            with contextlib.suppress(Exception):
+                await cms.put(key, record, expiry_s=self.config.load_expiry_s)
+            await asyncio.sleep(self.config.load_interval_s)
+
+    async def _publish_metrics(self, cms: Cms) -> None:
+        last: dict[str, Any] = {}
+        while True:
+            await asyncio.sleep(self.config.metrics_interval_s)
+            last = await self._publish_metrics_once(cms, last)
+
+    async def _publish_metrics_once(
+        self, cms: Cms, last: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        snapshot = self.metrics.snapshot()
+        for name, value in snapshot.items():
+            if last is None or last.get(name) != value:
+                with contextlib.suppress(Exception):
+                    await cms.put(cms_key("metrics", self.config.node_id, name), value)
+        return snapshot
+
+
+def _pick(*values: float | None) -> float:
+    for value in values:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    raise ValueError("no sampling value")

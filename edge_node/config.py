@@ -1,0 +1,110 @@
+"""Node configuration: YAML validated by pydantic, with environment overrides.
+
+``EDGECOLLAB_NODE__<FIELD>[__<SUBFIELD>...]=value`` overrides any field; values
+are parsed as YAML scalars (``EDGECOLLAB_NODE__BUS__PORT=1884``,
+``EDGECOLLAB_NODE__ENGINE__N_GPU_LAYERS=-1``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broker import BusSettings
+from broker.topics import validate_id
+from edge_node.engines.llama_cpp import LlamaCppConfig
+from edge_node.engines.simulated import SimulatedEngineConfig
+
+ENV_PREFIX = "EDGECOLLAB_NODE__"
+
+EngineConfig = Annotated[LlamaCppConfig | SimulatedEngineConfig, Field(discriminator="type")]
+
+
+class ConfigError(Exception):
+    """The node configuration is missing or invalid."""
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int | None = Field(None, ge=1, description="default: the engine's slots")
+    max_inflight_tokens: int = Field(4096, ge=1, description="prompt + max_tokens in flight")
+    max_tokens: int = Field(512, ge=1, description="largest max_tokens accepted per request")
+
+
+class SamplingDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+
+
+class NodeConfig(BaseModel):
+    """Everything an edge node needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(description="unique id; a topic level ([a-z0-9_-])")
+    bus: BusSettings = Field(default_factory=BusSettings, description="broker connection")
+    engine: EngineConfig = Field(description="inference engine (type: llama_cpp | simulated)")
+    capabilities: tuple[str, ...] = Field(
+        ("chat",), description="capability pools joined through shared subscriptions"
+    )
+    expertise: tuple[str, ...] = Field((), description="knowledge domains, e.g. health")
+    device: str = Field("generic-linux", description="device profile or description")
+    limits: Limits = Field(default_factory=Limits)
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    load_interval_s: float = Field(0.2, gt=0, description="load updates at most this often")
+    load_expiry_s: int = Field(15, ge=2, description="a dead node's load vanishes after this")
+    metrics_interval_s: float = Field(5.0, gt=0, description="metrics publication period")
+    drain_timeout_s: float = Field(20.0, ge=0, description="SIGTERM waits this long for work")
+
+    @field_validator("node_id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return validate_id(value, "node_id")
+
+    @field_validator("capabilities", "expertise")
+    @classmethod
+    def _valid_levels(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(validate_id(v, "capability or domain") for v in values)
+
+
+def load_config(
+    path: Path | None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> NodeConfig:
+    """Read YAML (if given), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    for key, raw in (os.environ if env is None else env).items():
+        if key.startswith(ENV_PREFIX):
+            _set(data, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(raw))
+    data.update(overrides)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid node configuration{f' in {path}' if path else ''}:\n{exc}"
+        ) from exc
+
+
+def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for level in path[:-1]:
+        child = data.setdefault(level, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot override {'.'.join(path)}: {level} is not a mapping")
+        data = child
+    data[path[-1]] = value
