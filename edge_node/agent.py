@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +33,7 @@ from broker import (
     Usage,
 )
 from broker.topics import capability_shared_filter, cms_key, node_key, node_request_topic
-from edge_node.admission import Admission
+from edge_node.admission import Admission, Ticket
 from edge_node.config import NodeConfig
 from edge_node.engines.base import Engine, EngineError, Generation, GenerationRequest, Sampling
 from edge_node.metrics import NodeMetrics, load_record
@@ -113,6 +114,15 @@ class NodeAgent:
         body = req.body
         if not isinstance(body, Chat):
             raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
+        ticket = self._admit(body)
+        request = GenerationRequest(body.messages, body.max_tokens, self._sampling(body), body.stop)
+        gen = await self._generate(req, request, ticket, stream=body.stream)
+        return self._result(gen, request)
+
+    def _admit(self, body: Chat) -> Ticket:
+        """Validate against this node's limits and reserve capacity, or refuse at once."""
+        if body.max_tokens > self.config.limits.max_tokens:
+            raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
         if body.max_tokens > self.config.limits.max_tokens:
             raise RpcError(
                 ErrorCode.BAD_REQUEST,
@@ -129,18 +139,37 @@ class NodeAgent:
             reason = self.admission.refusal(prompt_tokens + body.max_tokens)
             raise RpcError(ErrorCode.OVERLOADED, f"{self.config.node_id}: {reason}")
         self._load_changed.set()
+        return ticket
+
+    async def _generate(
+        self, req: Request, request: GenerationRequest, ticket: Ticket, *, stream: bool
+    ) -> Generation:
+        """Run the engine on a worker thread; stream its text; free the slot when it ends."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
-        request = GenerationRequest(body.messages, body.max_tokens, self._sampling(body), body.stop)
+
+        # Tokens are coalesced on the inference thread: the first goes out at once, the
+        # rest at most every stream_interval_s, so neither the event loop nor the broker
+        # is woken for every token while llama.cpp wants every core.
+        pending: list[str] = []
+        last_flush = [0.0]
+        interval = self.config.stream_interval_s
 
         def on_token(text: str) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, text)
+            pending.append(text)
+            now = time.monotonic()
+            if now - last_flush[0] >= interval:
+                last_flush[0] = now
+                loop.call_soon_threadsafe(pieces.put_nowait, "".join(pending))
+                pending.clear()
 
         def work() -> Generation:
             try:
                 return self.engine.generate(request, on_token, cancel)
             finally:
+                if pending:
+                    loop.call_soon_threadsafe(pieces.put_nowait, "".join(pending))
                 loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
 
         future = loop.run_in_executor(self._executor, work)
@@ -159,13 +188,15 @@ class NodeAgent:
         future.add_done_callback(finished)
         try:
             while (piece := await pieces.get()) is not _DONE:
-                if body.stream:
+                if stream:
                     await req.chunk(str(piece))
-            gen = await asyncio.shield(future)
+            return await asyncio.shield(future)
         except EngineError as exc:
             raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         finally:
             cancel.set()  # deadline passed or caller gone: stop at the next token
+
+    def _result(self, gen: Generation, request: GenerationRequest) -> Result:
         return Result(
             text=gen.text,
             usage=Usage(gen.prompt_tokens, gen.completion_tokens),

@@ -19,13 +19,14 @@ from broker import BusSettings
 from broker.topics import validate_id
 from edge_node.engines.llama_cpp import LlamaCppConfig
 from edge_node.engines.simulated import SimulatedEngineConfig
+from edge_node.errors import NodeError
 
 ENV_PREFIX = "EDGECOLLAB_NODE__"
 
 EngineConfig = Annotated[LlamaCppConfig | SimulatedEngineConfig, Field(discriminator="type")]
 
 
-class ConfigError(Exception):
+class ConfigError(NodeError):
     """The node configuration is missing or invalid."""
 
 
@@ -63,6 +64,9 @@ class NodeConfig(BaseModel):
     load_interval_s: float = Field(0.2, gt=0, description="load updates at most this often")
     load_expiry_s: int = Field(15, ge=2, description="a dead node's load vanishes after this")
     metrics_interval_s: float = Field(5.0, gt=0, description="metrics publication period")
+    stream_interval_s: float = Field(
+        0.03, ge=0, description="streamed tokens are sent together at most this often"
+    )
     drain_timeout_s: float = Field(20.0, ge=0, description="SIGTERM waits this long for work")
 
     @field_validator("node_id")

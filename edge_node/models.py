@@ -19,13 +19,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_node.engines.base import EngineError
+from edge_node.errors import ModelError
 
 logger = logging.getLogger(__name__)
-
-
-class ModelError(EngineError):
-    """A model is unknown, missing or corrupt."""
 
 
 @dataclass(frozen=True, slots=True)

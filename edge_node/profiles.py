@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from edge_node.errors import NodeError
+
 T = TypeVar("T", int, float)
 
 # Published sources, cited by the figures below.
@@ -68,8 +70,8 @@ _CUDA_CORES = (
 )
 
 
-class UnknownProfileError(ValueError):
-    """No device profile has that name."""
+class UnknownProfileError(NodeError, ValueError):
+    """No device profile has that name (a ValueError, so pydantic validators report it)."""
 
 
 @dataclass(frozen=True, slots=True)

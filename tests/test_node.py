@@ -37,6 +37,7 @@ from broker.topics import capability_request_topic, cms_key, node_key, node_requ
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
+from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from tests.helpers import eventually, settings
 
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -356,3 +357,42 @@ async def test_sigkilled_node_shows_offline_within_one_and_a_half_keepalives(
                 timeout=6,
                 what="load expired",
             )
+
+
+async def test_simulated_node_serves_over_mqtt_and_says_so(mosquitto, prefix):
+    engine = SimulatedEngine(
+        SimulatedEngineConfig(
+            profile="jetson-orin-nano", decode_tps=400, prefill_tps=4000, concurrency=2
+        )
+    )
+    config = NodeConfig.model_validate(
+        {
+            "node_id": prefix,
+            "bus": settings(mosquitto).model_dump(),
+            "engine": {"type": "simulated", "profile": "jetson-orin-nano"},
+        }
+    )
+    agent = NodeAgent(config, engine)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        async with caller(mosquitto, f"{prefix}-u") as rpc:
+            topic = node_request_topic(prefix)
+            results = await asyncio.gather(
+                *(
+                    rpc.call(topic, Chat.user("status?", max_tokens=40), timeout=10)
+                    for _ in range(2)
+                )
+            )
+            with pytest.raises(RpcError) as third:  # two slots, both busy
+                await asyncio.gather(
+                    *(rpc.call(topic, Chat.user("x", max_tokens=200), timeout=10) for _ in range(3))
+                )
+        assert third.value.code is ErrorCode.OVERLOADED
+        for result in results:
+            assert result.meta["simulated"] is True
+            assert result.usage.completion_tokens == 40
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker import ChatMessage
+from edge_node.errors import EngineError
 
-
-class EngineError(Exception):
-    """An engine could not load its model or failed while generating."""
+__all__ = [
+    "Engine",
+    "EngineError",
+    "Generation",
+    "GenerationRequest",
+    "ModelInfo",
+    "OnToken",
+    "Sampling",
+]
 
 
 @dataclass(frozen=True, slots=True)

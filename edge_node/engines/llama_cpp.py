@@ -17,6 +17,7 @@ on this CPU it is 0.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -122,6 +123,11 @@ class LlamaCppEngine(Engine):
         return len(self._instances)
 
     def _prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
+        # Admission counts the prompt's tokens and generation needs them again.
+        return self._prompt_cached(tuple(messages))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - the engine lives as long as the process
+    def _prompt_cached(self, messages: tuple[ChatMessage, ...]) -> tuple[list[int], list[str]]:
         llm = self._instances[0]
         result = self._formatter(
             messages=[{"role": m.role, "content": m.content} for m in messages]
@@ -144,8 +150,8 @@ class LlamaCppEngine(Engine):
 
         llm = self._free.get()
         try:
-            tokens, stops = self._prompt(request.messages)
-            stops += list(request.stop)
+            tokens, prompt_stops = self._prompt(request.messages)
+            stops = [*prompt_stops, *request.stop]
             if len(tokens) + request.max_tokens > self.config.n_ctx:
                 raise EngineError(
                     f"prompt of {len(tokens)} tokens + max_tokens {request.max_tokens} exceeds "
