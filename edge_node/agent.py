@@ -285,10 +285,10 @@ class NodeAgent:
             await asyncio.sleep(self.config.load_interval_s)
 
     async def _publish_metrics(self, cms: Cms) -> None:
-        last: dict[str, Any] = {}
+        last: dict[str, Any] | None = None
         while True:
-            await asyncio.sleep(self.config.metrics_interval_s)
             last = await self._publish_metrics_once(cms, last)
+            await asyncio.sleep(self.config.metrics_interval_s)
 
     async def _publish_metrics_once(
         self, cms: Cms, last: dict[str, Any] | None = None

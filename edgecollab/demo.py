@@ -1,12 +1,12 @@
 """``edgecollab up``: the local testbed demo.
 
-Starts Mosquitto from the project's configuration, starts a demo responder agent
-that advertises itself in the CMS and serves the ``echo`` capability through the
-shared subscription, sends it a streamed request, shows a malformed request being
-answered with an error while the agent keeps serving, and prints the CMS.
-
-The responder has no model: it streams the words of the question back. It stands
-in until the edge node agent (llama.cpp) is part of the testbed.
+Starts Mosquitto from the project's configuration and two edge nodes: a real
+llama.cpp node on SmolLM2-135M-Instruct (this machine's CPU) and a simulated
+Jetson Orin Nano (device profile; its answers say they are simulated). Then, as a
+user would see it: a streamed answer from the real model with its confidence;
+requests balanced over the ``chat`` pool; a request refused at once when the
+real node is busy; a malformed request answered with an error; a live parameter
+change through the CMS; and the CMS itself.
 """
 
 from __future__ import annotations
@@ -23,29 +23,21 @@ from broker import (
     BusSettings,
     Chat,
     Cms,
-    ErrorCode,
     Inbound,
     MosquittoBroker,
-    Presence,
-    Request,
     Result,
     RpcClient,
     RpcError,
-    RpcServer,
-    Usage,
     nodes_from,
     publish_properties,
 )
-from broker.cms_cli import render
-from broker.topics import (
-    capability_request_topic,
-    capability_shared_filter,
-    cms_key,
-    reply_topic,
-)
+from broker.topics import capability_request_topic, cms_key, node_request_topic, reply_topic
+from edge_node.agent import NodeAgent
+from edge_node.config import NodeConfig
+from edge_node.engines import build_engine
 
-NODE_ID = "demo-responder"
-CAPABILITY = "echo"
+REAL, SIMULATED = "smollm2-cpu", "sim-orin-nano"
+MODEL = "smollm2-135m-instruct"
 
 
 def add_up_parser(
@@ -53,91 +45,121 @@ def add_up_parser(
 ) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("up", help="run the local testbed demo")
     parser.add_argument("--port", type=int, default=0, help="broker port (0: a free one)")
-    parser.add_argument(
-        "--serve", action="store_true", help="keep the testbed running until Ctrl-C"
-    )
-    parser.add_argument("--question", default="How is the air quality near the stadium tonight?")
+    parser.add_argument("--serve", action="store_true", help="keep the testbed up until Ctrl-C")
+    parser.add_argument("--question", default="Give two tips for running in hot weather.")
     parser.set_defaults(func=run_up)
     return parser
 
 
-async def _responder(req: Request) -> Result:
-    """Stream the question's words back, as a model would stream tokens."""
-    body = req.body
-    if not isinstance(body, Chat):
-        raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
-    words = body.messages[-1].content.split()
-    started = time.perf_counter()
-    for word in words[: body.max_tokens]:
-        await asyncio.sleep(0.02)  # as if decoding a token
-        if body.stream:
-            await req.chunk(word + " ")
-    text = " ".join(words[: body.max_tokens])
-    return Result(
-        text=text,
-        usage=Usage(prompt_tokens=len(words), completion_tokens=min(len(words), body.max_tokens)),
-        node=NODE_ID,
-        model="none (demo responder echoes words)",
-        finish_reason="stop",
-        timings={"total_ms": (time.perf_counter() - started) * 1e3},
-    )
+def _node_configs(port: int) -> list[NodeConfig]:
+    bus = {"port": port}
+    return [
+        NodeConfig.model_validate(
+            {
+                "node_id": REAL,
+                "bus": bus,
+                "device": "this machine (CPU)",
+                "engine": {"type": "llama_cpp", "model": MODEL},
+                "expertise": ["general"],
+            }
+        ),
+        NodeConfig.model_validate(
+            {
+                "node_id": SIMULATED,
+                "bus": bus,
+                "device": "jetson-orin-nano (simulated)",
+                "engine": {"type": "simulated", "profile": "jetson-orin-nano"},
+                "expertise": ["health"],
+            }
+        ),
+    ]
 
 
 async def _demo(port: int, question: str, serve: bool) -> int:
-    # SIGTERM ends the demo like Ctrl-C: agents disconnect, the broker is stopped.
+    # SIGTERM ends the demo like Ctrl-C: nodes drain and say offline, the broker stops.
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    settings = BusSettings(port=port)
-    presence = Presence(
-        NODE_ID,
-        lambda: {
-            "capabilities": [CAPABILITY],
-            "device": "this machine (no model: demo responder)",
-            "limits": {"concurrency": 4},
-            "expertise": [],
-            "version": "0.1.0",
-        },
-    )
-    async with BusClient(settings, NODE_ID, will=presence.will) as node_bus:
-        await RpcServer(node_bus).serve(capability_shared_filter(CAPABILITY), _responder)
-        node_cms = Cms(node_bus)
-        await presence.attach(node_bus, node_cms)
-        await node_cms.put(cms_key("configs", NODE_ID, "version"), "0.1.0")
-        async with BusClient(settings, "demo-user") as user_bus, RpcClient(user_bus) as rpc:
-            print(f"\n> user asks on {capability_request_topic(CAPABILITY)}: {question!r}")
-            print("< streamed: ", end="", flush=True)
-            started = time.perf_counter()
-            request = Chat.user(question, max_tokens=64, stream=True)
-            async for reply in rpc.stream(
-                capability_request_topic(CAPABILITY), request, timeout=10
-            ):
-                if isinstance(reply, Result):
-                    elapsed = (time.perf_counter() - started) * 1e3
-                    print(
-                        f"\n< result from {reply.node} after {elapsed:.1f} ms, "
-                        f"{reply.chunks} chunks, usage {reply.usage}"
-                    )
-                else:
-                    print(reply.text, end="", flush=True)
-            await _malformed_request(user_bus)
-            again = await rpc.call(
-                capability_request_topic(CAPABILITY), Chat.user("still serving"), timeout=5
-            )
-            print(f"< the responder keeps serving: {again.text!r}")
-            async with Cms(user_bus).mirror("slm") as mirror:
-                print("\nCMS (retained entries under slm/):")
-                for key, entry in mirror.items():
-                    print(f"  {key}  {json.dumps(render(entry), separators=(',', ':'))}")
-                for node, status in nodes_from(mirror.items()).items():
-                    print(
-                        f"  node {node}: {'online' if status.online else 'offline'} "
-                        f"({status.reason}), session {status.session}"
-                    )
+    stop = asyncio.Event()
+    agents = []
+    for config in _node_configs(port):
+        engine = await asyncio.to_thread(build_engine, config.engine)
+        agents.append(NodeAgent(config, engine))
+    tasks = [asyncio.create_task(a.run(stop), name=f"node:{a.config.node_id}") for a in agents]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(a.ready.wait() for a in agents)), 30)
+        print(f"nodes up: {REAL} (llama.cpp, {MODEL}), {SIMULATED} (simulated)")
+        async with BusClient(BusSettings(port=port), "demo-user") as bus, RpcClient(bus) as rpc:
+            await _stream_answer(rpc, question)
+            await _pool(rpc)
+            await _refusal(rpc)
+            await _malformed_request(bus)
+            await _live_parameter(rpc)
+            await _show_cms(bus)
         if serve:
             print(f"\nTestbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
             await asyncio.Event().wait()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for agent in agents:
+            agent.engine.close()
     return 0
+
+
+async def _stream_answer(rpc: RpcClient, question: str) -> None:
+    print(f"\n> user asks {REAL} (stream): {question!r}\n< ", end="", flush=True)
+    started = time.perf_counter()
+    request = Chat.user(question, max_tokens=96, stream=True)
+    async for reply in rpc.stream(node_request_topic(REAL), request, timeout=60):
+        if isinstance(reply, Result):
+            took = (time.perf_counter() - started) * 1e3
+            print(
+                f"\n< {reply.usage.completion_tokens} tokens in {took:.0f} ms "
+                f"(first after {reply.timings['ttft_ms']:.0f} ms), "
+                f"confidence {reply.confidence:.2f}, finish {reply.finish_reason}"
+            )
+        else:
+            print(reply.text, end="", flush=True)
+
+
+async def _pool(rpc: RpcClient) -> None:
+    print("\n> four requests to the shared 'chat' pool (computation/chat/request):")
+    results = await asyncio.gather(
+        *(
+            rpc.call(
+                capability_request_topic("chat"),
+                Chat.user(f"Say hello #{i}.", max_tokens=12),
+                timeout=60,
+            )
+            for i in range(4)
+        ),
+        return_exceptions=True,
+    )
+    for i, result in enumerate(results):
+        if isinstance(result, Result):
+            label = " [simulated]" if result.meta.get("simulated") else ""
+            print(f"< #{i} answered by {result.node}{label}: {result.text.strip()[:60]!r}")
+        else:
+            print(f"< #{i} refused: {result}")
+
+
+async def _refusal(rpc: RpcClient) -> None:
+    print(f"\n> two requests at once to {REAL} (one llama.cpp slot):")
+    results = await asyncio.gather(
+        *(
+            rpc.call(
+                node_request_topic(REAL), Chat.user("Count to twenty.", max_tokens=48), timeout=60
+            )
+            for _ in range(2)
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, RpcError):
+            print(f"< refused at once: {result}")
+        elif isinstance(result, Result):
+            print(f"< served: {result.usage.completion_tokens} tokens")
 
 
 async def _malformed_request(bus: BusClient) -> None:
@@ -155,9 +177,40 @@ async def _malformed_request(bus: BusClient) -> None:
     props = publish_properties(
         content_type=JSON, response_topic=reply_to, correlation=b"demo", expiry_s=5
     )
-    await bus.publish(capability_request_topic(CAPABILITY), bad, properties=props)
+    await bus.publish(node_request_topic(REAL), bad, properties=props)
     print(f"< error reply: {(await asyncio.wait_for(got, 5)).decode()}")
     await sub.cancel()
+
+
+async def _live_parameter(rpc: RpcClient) -> None:
+    key = cms_key("parameters", MODEL, "temperature")
+    print(f"\n> operator sets {key} = 0 (greedy) in the CMS")
+    cms = Cms(rpc.bus)
+    await cms.put(key, 0.0)
+    await asyncio.sleep(0.2)
+    result = await rpc.call(
+        node_request_topic(REAL), Chat.user("Name a colour.", max_tokens=8), timeout=60
+    )
+    print(f"< next answer used sampling {result.meta['sampling']}")
+    await cms.delete(key)
+
+
+async def _show_cms(bus: BusClient) -> None:
+    await asyncio.sleep(0.5)  # let the debounced load records settle
+    async with Cms(bus).mirror("slm") as mirror:
+        print("\nCMS: nodes")
+        for node, status in nodes_from(mirror.items()).items():
+            model = status.info.get("models", [{}])[0]
+            load = mirror.get(f"slm/nodes/{node}/load") or {}
+            print(
+                f"  {node}: {'online' if status.online else 'offline'}, "
+                f"{model.get('id')} ({model.get('parameters')}, {model.get('quantization')}), "
+                f"device {status.info.get('device')}, free slots {load.get('free_slots')}"
+            )
+        print("CMS: other entries")
+        for key, entry in mirror.items():
+            if not key.startswith("slm/nodes/"):
+                print(f"  {key} = {json.dumps(entry.value, separators=(',', ':'))}")
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -24,12 +24,14 @@ def test_demo_answers_over_the_bus_and_shows_the_cms():
     done = run("up")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "< streamed: How is the air quality near the stadium tonight?" in out
-    assert "result from demo-responder" in out
+    assert "user asks smollm2-cpu (stream)" in out
+    assert "confidence 0." in out
+    assert "answered by sim-orin-nano [simulated]" in out
+    assert "refused at once: overloaded: smollm2-cpu: all 1 slots busy" in out
     assert '"code":"bad_request"' in out
-    assert "the responder keeps serving: 'still serving'" in out
-    assert "slm/nodes/demo-responder/birth" in out
-    assert "node demo-responder: online" in out
+    assert "'temperature': 0.0" in out
+    assert "smollm2-cpu: online, smollm2-135m-instruct (135M, Q4_1)" in out
+    assert "slm/metrics/smollm2-cpu/tokens_used_total" in out
 
 
 def test_cms_set_get_ls_rm(mosquitto: MosquittoBroker, prefix: str):
