@@ -103,6 +103,14 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _summary(rtts: list[float], rps: float) -> dict[str, float]:
+    return {
+        "rtt_p50_ms": _percentile(rtts, 0.5) * 1e3,
+        "rtt_p99_ms": _percentile(rtts, 0.99) * 1e3,
+        "rps": rps,
+    }
+
+
 def bench_raw(port: int, rounds: int, total: int, window: int) -> dict[str, float]:
     proc, stop = _start(_raw_echo_server, port)
     client = _paho(port, "bench-raw-client")
@@ -147,11 +155,7 @@ def bench_raw(port: int, rounds: int, total: int, window: int) -> dict[str, floa
     client.disconnect()
     stop.set()
     proc.join(10)
-    return {
-        "rtt_p50_ms": _percentile(rtts, 0.5) * 1e3,
-        "rtt_p99_ms": _percentile(rtts, 0.99) * 1e3,
-        "rps": rps,
-    }
+    return _summary(rtts, rps)
 
 
 async def bench_rpc(port: int, rounds: int, total: int, window: int) -> dict[str, float]:
@@ -176,11 +180,7 @@ async def bench_rpc(port: int, rounds: int, total: int, window: int) -> dict[str
         rps = total / (time.perf_counter() - t0)
     stop.set()
     proc.join(10)
-    return {
-        "rtt_p50_ms": _percentile(rtts, 0.5) * 1e3,
-        "rtt_p99_ms": _percentile(rtts, 0.99) * 1e3,
-        "rps": rps,
-    }
+    return _summary(rtts, rps)
 
 
 async def bench_cms(port: int, records: int) -> float:

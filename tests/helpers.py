@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from broker import BusSettings, MosquittoBroker
+from broker import BusSettings, Mirror, MosquittoBroker, nodes_from
 
 
 def settings(broker: MosquittoBroker, **overrides: object) -> BusSettings:
@@ -29,3 +29,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str 
             raise AssertionError(f"not true within {timeout} s: {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - start
+
+
+def is_online(mirror: Mirror, node_id: str) -> bool:
+    """Whether the mirror's ``slm/nodes`` entries say ``node_id`` is online."""
+    status = nodes_from(mirror.items()).get(node_id)
+    return status is not None and status.online

@@ -6,7 +6,7 @@ import asyncio
 
 from broker import BusClient, Cms, CmsEvent, Presence, State, node_status, nodes_from
 from broker.topics import cms_key, node_key
-from tests.helpers import eventually, settings
+from tests.helpers import eventually, is_online, settings
 
 
 async def test_put_get_delete(mosquitto, prefix):
@@ -103,10 +103,7 @@ async def test_birth_online_then_offline_on_clean_exit(mosquitto, prefix):
         async with BusClient(settings(mosquitto), prefix, will=presence.will) as node:
             await presence.attach(node, Cms(node))
             await eventually(
-                lambda: (
-                    nodes_from(mirror.items()).get(prefix) is not None
-                    and nodes_from(mirror.items())[prefix].online
-                ),
+                lambda: is_online(mirror, prefix),
                 what="online",
             )
             status = nodes_from(mirror.items())[prefix]
@@ -127,10 +124,7 @@ async def test_killed_node_is_marked_offline_by_its_will(mosquitto, prefix):
         async with node:
             await presence.attach(node, Cms(node))
             await eventually(
-                lambda: (
-                    prefix in nodes_from(mirror.items())
-                    and nodes_from(mirror.items())[prefix].online
-                ),
+                lambda: is_online(mirror, prefix),
                 what="online",
             )
             assert node._link is not None

@@ -38,7 +38,7 @@ from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
-from tests.helpers import eventually, settings
+from tests.helpers import eventually, is_online, settings
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -293,10 +293,7 @@ async def test_sigterm_drains_in_flight_requests_then_goes_offline(mosquitto, tm
             Cms(bus).mirror(f"slm/nodes/{prefix}") as mirror,
         ):
             await eventually(
-                lambda: (
-                    prefix in nodes_from(mirror.items())
-                    and nodes_from(mirror.items())[prefix].online
-                ),
+                lambda: is_online(mirror, prefix),
                 timeout=30,
                 what="node online",
             )
@@ -338,10 +335,7 @@ async def test_sigkilled_node_shows_offline_within_one_and_a_half_keepalives(
             Cms(bus).mirror(f"slm/nodes/{prefix}") as mirror,
         ):
             await eventually(
-                lambda: (
-                    prefix in nodes_from(mirror.items())
-                    and nodes_from(mirror.items())[prefix].online
-                ),
+                lambda: is_online(mirror, prefix),
                 timeout=30,
                 what="node online",
             )
