@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from broker.errors import CodecError, ErrorCode
-from broker.fields import FieldReader, check_plain
+from broker.fields import FieldReader, check_plain, check_text
 
 SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant", "tool")
@@ -22,6 +22,7 @@ DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dt
 MAX_DIM = 1 << 20
 MAX_ERROR_MESSAGE = 4096
 MAX_NAME = 256
+MAX_EMBED_TEXTS = 64
 
 
 class WireMessage(Protocol):
@@ -145,6 +146,44 @@ class Embedding:
             vector=_freeze(vec.astype(dtype.newbyteorder("="))),
             model=r.string("model"),
             meta=r.mapping("meta"),
+        )
+        r.finish()
+        return out
+
+
+@register_kind
+@dataclass(frozen=True, slots=True)
+class Embed:
+    """A request for embeddings of ``texts``; the reply is an ``embedding`` (one row each)."""
+
+    KIND: ClassVar[str] = "embed"
+    texts: tuple[str, ...]
+    model: str | None = None
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.texts) <= MAX_EMBED_TEXTS:
+            raise CodecError(f"embed.texts must hold 1 to {MAX_EMBED_TEXTS} texts")
+        if any(not isinstance(t, str) or not t for t in self.texts):
+            raise CodecError("embed.texts must be non-empty strings")
+
+    def to_map(self, *, binary: bool) -> dict[str, Any]:
+        del binary
+        out: dict[str, Any] = {"texts": list(self.texts), "normalize": self.normalize}
+        if self.model is not None:
+            out["model"] = self.model
+        return out
+
+    @classmethod
+    def from_map(cls, r: FieldReader) -> Self:
+        texts = r.sequence("texts", required=True)
+        for i, text in enumerate(texts):
+            if isinstance(text, str):
+                check_text(text, f"embed.texts[{i}]")
+        out = cls(
+            texts=tuple(texts),
+            model=r.opt_string("model", max_len=MAX_NAME),
+            normalize=r.flag("normalize", default=True),
         )
         r.finish()
         return out

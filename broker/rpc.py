@@ -43,10 +43,10 @@ class _Pending:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.chunks: deque[Chunk] = deque()
-        self.final: asyncio.Future[Result | ErrorReply] = loop.create_future()
+        self.final: asyncio.Future[WireMessage] = loop.create_future()
         self.wake: asyncio.Future[None] | None = None
 
-    def add(self, reply: Reply | ErrorReply) -> None:
+    def add(self, reply: WireMessage) -> None:
         if isinstance(reply, Chunk):
             self.chunks.append(reply)
         elif not self.final.done():
@@ -92,11 +92,22 @@ class RpcClient:
         timeout: float = 30.0,
         user: dict[str, str] | None = None,
     ) -> Result:
-        """Send ``request`` and return the final result (chunks are discarded).
+        """Send ``request`` and return the final ``result`` (chunks are discarded).
 
         Raises :class:`RpcError` on an error reply, :class:`RpcTimeout` when the
         deadline passes, :class:`NotConnected` when the request cannot be sent.
         """
+        return _expect_result(await self.request(topic, request, timeout=timeout, user=user))
+
+    async def request(
+        self,
+        topic: str,
+        request: WireMessage,
+        *,
+        timeout: float = 30.0,
+        user: dict[str, str] | None = None,
+    ) -> WireMessage:
+        """Like :meth:`call`, for any final reply kind (``embedding`` answers ``embed``)."""
         correlation, pending = await self._send(topic, request, timeout, user)
         try:
             async with asyncio.timeout(timeout):
@@ -138,7 +149,7 @@ class RpcClient:
                             yield held.pop(next_seq)
                             next_seq += 1
                     if pending.final.done():
-                        result = _final(pending.final.result())
+                        result = _expect_result(_final(pending.final.result()))
                         if held or next_seq < result.chunks:
                             self.stats["chunks_missing"] += 1
                         yield result
@@ -187,15 +198,18 @@ class RpcClient:
         except CodecError as exc:
             self.stats["malformed_replies"] += 1
             reply = ErrorReply(ErrorCode.INTERNAL, f"malformed reply: {exc}")
-        if not isinstance(reply, Chunk | Result | ErrorReply):
-            self.stats["malformed_replies"] += 1
-            reply = ErrorReply(ErrorCode.INTERNAL, f"unexpected reply kind {reply.KIND!r}")
         pending.add(reply)
 
 
-def _final(reply: Result | ErrorReply) -> Result:
+def _final(reply: WireMessage) -> WireMessage:
     if isinstance(reply, ErrorReply):
         raise RpcError(reply.code, reply.message)
+    return reply
+
+
+def _expect_result(reply: WireMessage) -> Result:
+    if not isinstance(reply, Result):
+        raise RpcError(ErrorCode.INTERNAL, f"expected a result, got a {reply.KIND!r} reply")
     return reply
 
 
@@ -243,7 +257,7 @@ class Request:
         await self._server.reply(self.inbound, Chunk(seq=seq, text=text))
 
 
-RequestHandler = Callable[[Request], Awaitable[Result]]
+RequestHandler = Callable[[Request], Awaitable[WireMessage]]
 
 
 class RpcServer:
@@ -271,7 +285,7 @@ class RpcServer:
             return
         await self.reply(msg, await self._outcome(msg, handler))
 
-    async def _outcome(self, msg: Inbound, handler: RequestHandler) -> Result | ErrorReply:
+    async def _outcome(self, msg: Inbound, handler: RequestHandler) -> WireMessage:
         """Run ``handler`` within the request's deadline; every failure becomes an error."""
         deadline = msg.deadline
         if deadline is not None and (msg.expiry_s == 0 or deadline <= time.monotonic()):
@@ -292,7 +306,9 @@ class RpcServer:
             code, text = ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
         else:
             self.stats["served"] += 1
-            return replace(result, chunks=request.chunks_sent)
+            if isinstance(result, Result):
+                return replace(result, chunks=request.chunks_sent)
+            return result
         self.stats[f"error_{code.value}"] += 1
         return ErrorReply(code, text[:MAX_ERROR_MESSAGE])
 

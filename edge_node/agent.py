@@ -22,6 +22,8 @@ from broker import (
     BusClient,
     Chat,
     Cms,
+    Embed,
+    Embedding,
     ErrorCode,
     Mirror,
     Presence,
@@ -73,7 +75,10 @@ class NodeAgent:
                     server = RpcServer(bus)
                     self.server = server
                     subs = [await server.serve(node_request_topic(cfg.node_id), self._handle)]
-                    for capability in cfg.capabilities:
+                    pools = [*cfg.capabilities]
+                    if self.engine.supports_embeddings and "embed" not in pools:
+                        pools.append("embed")
+                    for capability in pools:
                         subs.append(
                             await server.serve(capability_shared_filter(capability), self._handle)
                         )
@@ -109,15 +114,47 @@ class NodeAgent:
 
     # --- serving --------------------------------------------------------------------
 
-    async def _handle(self, req: Request) -> Result:
+    async def _handle(self, req: Request) -> Result | Embedding:
         self.metrics.requests_total += 1
         body = req.body
+        if isinstance(body, Embed):
+            return await self._embed(body)
         if not isinstance(body, Chat):
-            raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
+            raise RpcError(
+                ErrorCode.BAD_REQUEST, f"expected a chat or embed request, got {body.KIND}"
+            )
         ticket = self._admit(body)
         request = GenerationRequest(body.messages, body.max_tokens, self._sampling(body), body.stop)
         gen = await self._generate(req, request, ticket, stream=body.stream)
         return self._result(gen, request)
+
+    async def _embed(self, body: Embed) -> Embedding:
+        """Embeddings on a worker thread; a text counts one token per 3 characters here."""
+        if not self.engine.supports_embeddings:
+            raise RpcError(ErrorCode.NOT_FOUND, f"{self.config.node_id} serves no embeddings")
+        tokens = sum(len(t) // 3 + 1 for t in body.texts)
+        ticket = self.admission.admit(tokens)
+        if ticket is None:
+            self.metrics.refused_total += 1
+            raise RpcError(
+                ErrorCode.OVERLOADED, f"{self.config.node_id}: {self.admission.refusal(tokens)}"
+            )
+        self._load_changed.set()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: self.engine.embed(body.texts, normalize=body.normalize)
+        )
+
+        def finished(_fut: asyncio.Future[Any]) -> None:
+            self.admission.release(ticket)  # when the thread is done, not the caller
+            self._load_changed.set()
+
+        future.add_done_callback(finished)
+        vectors = await asyncio.shield(future)
+        return Embedding(
+            vector=vectors,
+            model=self.model_id,
+            meta={"node": self.config.node_id, "normalized": body.normalize},
+        )
 
     def _admit(self, body: Chat) -> Ticket:
         """Validate against this node's limits and reserve capacity, or refuse at once."""
@@ -245,7 +282,8 @@ class NodeAgent:
                     **info.extra,
                 }
             ],
-            "capabilities": list(self.config.capabilities),
+            "capabilities": list(self.config.capabilities)
+            + (["embed"] if self.engine.supports_embeddings else []),
             "expertise": list(self.config.expertise),
             "device": self.config.device,
             "limits": {

@@ -20,6 +20,7 @@ from broker.messages import (
     Chat,
     ChatMessage,
     Chunk,
+    Embed,
     Embedding,
     Entry,
     ErrorReply,
@@ -773,3 +774,19 @@ def test_register_kind_makes_a_new_kind_decodable(monkeypatch: pytest.MonkeyPatc
 def test_unknown_kind_lookup_is_a_codec_error() -> None:
     with pytest.raises(CodecError, match="unknown message kind"):
         kind_class("nope")
+
+
+@pytest.mark.parametrize("content_type", [CBOR, JSON])
+def test_embed_request_round_trips_and_validates(content_type: str) -> None:
+    message = Embed(("heart rate 150", "air quality poor"), model="m", normalize=False)
+    assert decode(encode(message, content_type), content_type) == message
+    bads: list[dict[str, Any]] = [
+        {"texts": []},
+        {"texts": [""]},
+        {"texts": [1]},
+        {"texts": ["x"] * 65},
+        {"texts": ["x"], "normalise": True},
+    ]
+    for bad in bads:
+        with pytest.raises(CodecError):
+            decode(json.dumps({"v": 1, "kind": "embed", **bad}).encode(), JSON)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -23,6 +24,8 @@ from broker import (
     Chat,
     Chunk,
     Cms,
+    Embed,
+    Embedding,
     ErrorCode,
     Inbound,
     MosquittoBroker,
@@ -390,3 +393,39 @@ async def test_simulated_node_serves_over_mqtt_and_says_so(mosquitto, prefix):
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_embeddings_over_mqtt(mosquitto, prefix):
+    embedder = LlamaCppEngine(LlamaCppConfig(n_threads=2, embeddings=True))
+    try:
+        async with (
+            running_node(mosquitto, embedder, prefix) as agent,
+            caller(mosquitto, f"{prefix}-u") as rpc,
+        ):
+            texts = (
+                "Heart rate 150 after a run.",
+                "Heavy traffic on the ring road.",
+                "Heart rate 150 after a run.",
+            )
+            reply = await rpc.request(capability_request_topic("embed"), Embed(texts), timeout=30)
+            assert "embed" in agent._birth_info()["capabilities"]
+            with pytest.raises(RpcError) as info:
+                await rpc.call(capability_request_topic("embed"), Embed(("x",)), timeout=30)
+            assert info.value.code is ErrorCode.INTERNAL  # call() wants a chat result
+    finally:
+        embedder.close()
+    assert isinstance(reply, Embedding)
+    assert reply.vector.shape == (3, 576)
+    assert reply.vector.dtype == np.float32
+    norms = np.linalg.norm(reply.vector, axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-3)
+    assert np.allclose(reply.vector[0], reply.vector[2], atol=1e-4)  # same text, same vector
+    assert not np.allclose(reply.vector[0], reply.vector[1], atol=1e-2)
+    assert reply.model == "smollm2-135m-instruct"
+
+
+async def test_embed_request_to_a_chat_only_node_is_not_found(mosquitto, engine, prefix):
+    async with running_node(mosquitto, engine, prefix), caller(mosquitto, f"{prefix}-u") as rpc:
+        with pytest.raises(RpcError) as info:
+            await rpc.request(node_request_topic(prefix), Embed(("x",)), timeout=30)
+    assert info.value.code is ErrorCode.NOT_FOUND

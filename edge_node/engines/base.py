@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from broker import ChatMessage
 from edge_node.errors import EngineError
 
@@ -97,6 +100,16 @@ class Engine(ABC):
         self, request: GenerationRequest, on_token: OnToken, cancel: threading.Event
     ) -> Generation:
         """Generate (blocking; called on a worker thread)."""
+
+    @property
+    def supports_embeddings(self) -> bool:
+        """Whether :meth:`embed` works with this engine's configuration."""
+        return False
+
+    def embed(self, texts: Sequence[str], *, normalize: bool) -> npt.NDArray[np.float32]:
+        """One embedding row per text (blocking; called on a worker thread)."""
+        del texts, normalize
+        raise EngineError(f"{type(self).__name__} does not produce embeddings")
 
     def close(self) -> None:  # noqa: B027 - engines without resources need not override
         """Release the model."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker import ChatMessage
@@ -60,6 +61,9 @@ class LlamaCppConfig(BaseModel):
     instances: int = Field(1, ge=1, le=16, description="parallel slots (one context each)")
     capabilities: tuple[str, ...] = Field(("chat",), description="capabilities served")
     cache_dir: Path | None = Field(None, description="where assembled models are kept")
+    embeddings: bool = Field(
+        False, description="also load an embedding context (mean pooling) and serve 'embed'"
+    )
 
 
 class LlamaCppEngine(Engine):
@@ -87,6 +91,20 @@ class LlamaCppEngine(Engine):
             ]
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"llama.cpp could not load {resolved.path}: {exc}") from exc
+        self._embedder: Any = None
+        self._embed_lock = threading.Lock()
+        if config.embeddings:
+            import llama_cpp  # noqa: PLC0415 - optional dependency, present once loaded
+
+            self._embedder = Llama(
+                model_path=str(resolved.path),
+                embedding=True,
+                n_ctx=512,
+                n_threads=threads,
+                n_gpu_layers=config.n_gpu_layers,
+                verbose=False,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            )
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for llm in self._instances:
             self._free.put(llm)
@@ -103,7 +121,7 @@ class LlamaCppEngine(Engine):
             ),
             quantization=resolved.known.quantization if resolved.known else _file_type(meta),
             context_length=int(meta.get(f"{arch}.context_length", config.n_ctx)),
-            capabilities=config.capabilities,
+            capabilities=(*config.capabilities, *(("embed",) if config.embeddings else ())),
             extra={
                 "n_ctx": config.n_ctx,
                 "layers": int(meta.get(f"{arch}.block_count", 0)),
@@ -214,10 +232,25 @@ class LlamaCppEngine(Engine):
         finally:
             self._free.put(llm)
 
+    @property
+    def supports_embeddings(self) -> bool:
+        return self._embedder is not None
+
+    def embed(self, texts: Sequence[str], *, normalize: bool) -> npt.NDArray[np.float32]:
+        """Mean-pooled hidden states of the model, one row per text."""
+        if self._embedder is None:
+            raise EngineError("embeddings are off for this engine (set engine.embeddings: true)")
+        with self._embed_lock:  # one embedding context
+            rows = self._embedder.embed(list(texts), normalize=normalize)
+        return np.asarray(rows, dtype=np.float32)
+
     def close(self) -> None:
         for llm in self._instances:
             llm.close()
         self._instances.clear()
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
 
 
 def _logprob(logits: np.ndarray[Any, Any], token: int) -> float:
