@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,7 @@ class LlamaCppEngine(Engine):
                 "embedding_length": int(meta.get(f"{arch}.embedding_length", 0)),
                 "n_gpu_layers": config.n_gpu_layers,
                 "file": resolved.path.name,
+                "chat_format": "template" if meta.get("tokenizer.chat_template") else "plain",
             },
         )
         self._formatter = _formatter(first, meta)
@@ -278,12 +280,26 @@ def _file_type(meta: dict[str, str]) -> str:
     return f"gguf file_type {meta.get('general.file_type', '?')}"
 
 
+@dataclass(frozen=True, slots=True)
+class _PlainPrompt:
+    prompt: str
+    stop: list[str]
+    added_special: bool = False
+
+
+def plain_transcript(messages: list[dict[str, str]]) -> _PlainPrompt:
+    """For base models without a chat template: a plain transcript to be continued."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+    lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    return _PlainPrompt("\n".join([*lines, "Assistant:"]), ["\nUser:", "\nSystem:"])
+
+
 def _formatter(llm: Any, meta: dict[str, str]) -> Any:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
 
     template = meta.get("tokenizer.chat_template")
     if not template:
-        raise EngineError("the model has no chat template; give a chat-tuned GGUF")
+        return plain_transcript
     eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", errors="ignore")
     bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", errors="ignore")
     return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
