@@ -33,3 +33,12 @@ def fresh_broker() -> Iterator[MosquittoBroker]:
 @pytest.fixture
 def prefix() -> str:
     return validate_id(f"t{secrets.token_hex(4)}", "test prefix")
+
+
+@pytest.fixture(scope="session")
+def cloud_url() -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on SmolLM2: the cloud stand-in."""
+    from tests.cloud_server import running_cloud_server  # noqa: PLC0415 - heavy, lazy
+
+    with running_cloud_server() as url:
+        yield url
