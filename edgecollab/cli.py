@@ -14,6 +14,8 @@ from broker.broker_cli import add_broker_parser
 from broker.cms_cli import add_cms_parser
 from edge_node.cli import add_node_parser
 from edgecollab.demo import add_up_parser
+from gateway.ledger_cli import add_ledger_parser
+from gateway.service import add_gateway_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_broker_parser(commands)
     add_cms_parser(commands)
     add_node_parser(commands)
+    add_gateway_parser(commands)
+    add_ledger_parser(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -42,3 +43,13 @@ def cloud_url() -> Iterator[str]:
 
     with running_cloud_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Any]:
+    """One SmolLM2 llama.cpp engine shared by the tests that run nodes in-process."""
+    from edge_node.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine  # noqa: PLC0415
+
+    eng = LlamaCppEngine(LlamaCppConfig(model="smollm2-135m-instruct", n_threads=2))
+    yield eng
+    eng.close()

@@ -46,13 +46,6 @@ from tests.helpers import eventually, is_online, settings
 QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(LlamaCppConfig(model="smollm2-135m-instruct", n_threads=2))
-    yield eng
-    eng.close()
-
-
 @contextlib.asynccontextmanager
 async def running_node(
     broker: MosquittoBroker, engine: LlamaCppEngine, node_id: str, **overrides: Any

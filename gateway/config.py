@@ -1,0 +1,79 @@
+"""Gateway configuration: YAML validated by pydantic, with environment overrides.
+
+``EDGECOLLAB_GATEWAY__<FIELD>[__<SUBFIELD>...]=value`` overrides any field
+(``EDGECOLLAB_GATEWAY__CLOUD__BASE_URL=https://...``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broker import BusSettings
+from broker.topics import validate_id
+from gateway.cloud import CloudSettings
+
+ENV_PREFIX = "EDGECOLLAB_GATEWAY__"
+
+
+class GatewayConfigError(Exception):
+    """The gateway configuration is missing or invalid."""
+
+
+class GatewayConfig(BaseModel):
+    """Everything a gateway needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway_id: str = Field("gateway-1", description="unique id; a topic level")
+    bus: BusSettings = Field(default_factory=BusSettings)
+    http_host: str = Field("127.0.0.1", description="OpenAI-compatible API address")
+    http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    policy: str = Field("fit_first", description="random | weighted | load_aware | fit_first")
+    capability: str = Field("chat", description="the capability pool edge requests go to")
+    confidence_threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="edge answers below this escalate (tenant can override)"
+    )
+    edge_timeout_s: float = Field(60.0, gt=0, description="deadline of one edge attempt")
+    max_edge_attempts: int = Field(4, ge=1, description="nodes tried before the cloud")
+    cloud: CloudSettings = Field(default_factory=CloudSettings)
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL; default a SQLite file")
+    cache_enabled: bool = Field(True, description="semantic cache of answers")
+    cache_ttl_s: float = Field(600.0, gt=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="HTTP request size limit")
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return validate_id(value, "gateway_id")
+
+
+def load_gateway_config(
+    path: Path | None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> GatewayConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise GatewayConfigError(f"cannot read {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise GatewayConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    for key, raw in (os.environ if env is None else env).items():
+        if key.startswith(ENV_PREFIX):
+            target = data
+            levels = key[len(ENV_PREFIX) :].lower().split("__")
+            for level in levels[:-1]:
+                target = target.setdefault(level, {})
+            target[levels[-1]] = yaml.safe_load(raw)
+    data.update(overrides)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise GatewayConfigError(f"invalid gateway configuration: {exc}") from exc

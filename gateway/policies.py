@@ -1,0 +1,324 @@
+"""Scheduling policies: in which order the gateway tries edge nodes for one request.
+
+A policy orders the candidates (:meth:`gateway.nodes.NodeDirectory.candidates`);
+the orchestrator tries them in that order, moving on after ``overloaded`` or a dead
+node, then goes to the cloud. Every policy drops the nodes that would *never*
+admit the request (``prompt + max_tokens`` above the node's token budget, or
+``max_tokens`` above its limit: the node would refuse it outright), so each node's
+limits are honoured; beyond that:
+
+- ``random``: uniform, regardless of capacity or load (the paper's Random).
+- ``weighted``: random, favouring capacity: each position is drawn with probability
+  proportional to ``capacity_tps`` among the nodes not yet drawn.
+- ``load_aware``: least utilised first, utilisation =
+  ``max(in_flight / slots, tokens_in_flight / max_inflight_tokens)``; ties broken
+  at random so that idle nodes share the work.
+- ``fit_first`` (ours): token-aware expected completion. Why it should cost less
+  cloud than ``load_aware``:
+
+  1. It applies the node's admission rule exactly (free slot, and
+     ``tokens_in_flight + prompt + max_tokens <= max_inflight_tokens``), so the
+     first choices are nodes that will say yes. Least utilised is not the same as
+     fits: a node with a free slot but a nearly spent token budget looks idle to
+     ``load_aware`` and refuses a 500-token request; with a few attempts per
+     request, wasted refusals end in the cloud.
+  2. Among nodes that fit, the earliest expected completion goes first:
+     ``max(need / stream_tps, (tokens_in_flight + need) / capacity_tps)`` — a
+     lone stream cannot beat the single-stream rate, and the node's backlog drains
+     at its aggregate rate. Work goes to where it ends soonest, so slots and token
+     budgets are freed sooner and fewer later requests find the edge full; the
+     estimate is a completion *time*, so p95 latency is what it minimises.
+  3. Nodes that do not fit now are not dropped but go last, by the same estimate:
+     the view lags by the node's load debounce and completions free capacity all
+     the time; trying one costs an immediate ``overloaded`` (one round trip),
+     skipping it costs a cloud call at GPT-4 prices.
+  4. With more than ``scan_limit`` candidates and a bounded ``limit``, it samples
+     ``choices x limit`` nodes at random and ranks those (power of d choices),
+     scanning everything only when too few sampled nodes fit. That keeps a
+     decision O(limit) at 1,000 nodes and stops several gateways, which read the
+     same lagging CMS, from all sending their next request to the same best node
+     (the gateway's own reservations already prevent that within one gateway).
+
+``limit`` bounds how many nodes a policy returns (default :data:`DEFAULT_LIMIT`:
+twice the orchestrator's default of four attempts); ``None`` orders every node.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import ClassVar, Protocol, TypedDict
+
+from gateway.nodes import NodeView
+
+DEFAULT_LIMIT = 8
+_UTILISATION = attrgetter("utilisation")
+_CAPACITY = attrgetter("capacity_tps")
+
+
+class UnknownPolicyError(ValueError):
+    """No policy has that name (a ValueError, so pydantic validators report it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """What a policy knows about a request: its token demand and domain."""
+
+    prompt_tokens: int
+    max_tokens: int
+    domain: str = "general"
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.max_tokens < 1:
+            raise ValueError("prompt_tokens must be >= 0 and max_tokens >= 1")
+
+    @property
+    def tokens(self) -> int:
+        """What a node's admission reserves: prompt plus ``max_tokens``."""
+        return self.prompt_tokens + self.max_tokens
+
+
+class Policy(Protocol):
+    """Orders candidates, best first; returns at most ``limit`` of them."""
+
+    name: ClassVar[str]
+
+    def order(
+        self,
+        request: RequestShape,
+        candidates: Sequence[NodeView],
+        rng: random.Random,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[NodeView]: ...
+
+
+def _shuffled(items: Sequence[NodeView], rng: random.Random) -> Iterator[NodeView]:
+    """Uniformly random order, drawn lazily (partial Fisher-Yates): O(1) per item taken."""
+    pool = list(items)
+    n = len(pool)
+    for i in range(n):
+        j = i + int(rng.random() * (n - i))
+        pool[i], pool[j] = pool[j], pool[i]
+        yield pool[i]
+
+
+class RandomPolicy:
+    name: ClassVar[str] = "random"
+
+    def order(
+        self,
+        request: RequestShape,
+        candidates: Sequence[NodeView],
+        rng: random.Random,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[NodeView]:
+        tokens, max_tokens = request.tokens, request.max_tokens
+        ok = (v for v in _shuffled(candidates, rng) if v.can_take(tokens, max_tokens))
+        return list(itertools.islice(ok, limit))
+
+
+class WeightedPolicy:
+    name: ClassVar[str] = "weighted"
+
+    def order(
+        self,
+        request: RequestShape,
+        candidates: Sequence[NodeView],
+        rng: random.Random,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[NodeView]:
+        tokens, max_tokens = request.tokens, request.max_tokens
+        n = len(candidates)
+        if limit is not None and 0 < limit * 4 <= n:
+            # Draws proportional to capacity; a node drawn again or unable to take the
+            # request is skipped: exactly sampling among the nodes not drawn yet.
+            cumulative = list(itertools.accumulate(map(_CAPACITY, candidates)))
+            total = cumulative[-1]
+            seen: set[int] = set()
+            out: list[NodeView] = []
+            for _ in range(8 * limit):
+                i = min(bisect.bisect(cumulative, rng.random() * total), n - 1)
+                if i not in seen:
+                    seen.add(i)
+                    if candidates[i].can_take(tokens, max_tokens):
+                        out.append(candidates[i])
+                        if len(out) == limit:
+                            return out
+            rest = [v for i, v in enumerate(candidates) if i not in seen]
+            return out + self.order(request, rest, rng, limit=limit - len(out))
+        # Exponential races (Efraimidis-Spirakis): the same distribution, all at once.
+        keyed = sorted(
+            (rng.expovariate(v.capacity_tps), i)
+            for i, v in enumerate(candidates)
+            if v.can_take(tokens, max_tokens)
+        )
+        return [candidates[i] for _, i in keyed[:limit]]
+
+
+class LoadAwarePolicy:
+    name: ClassVar[str] = "load_aware"
+
+    def order(
+        self,
+        request: RequestShape,
+        candidates: Sequence[NodeView],
+        rng: random.Random,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[NodeView]:
+        tokens, max_tokens = request.tokens, request.max_tokens
+        start = int(rng.random() * len(candidates))
+        rotated = [*candidates[start:], *candidates[:start]]  # random tie-break (stable sorts)
+        if limit is not None:
+            best = heapq.nsmallest(limit, rotated, key=_UTILISATION)
+            if all(v.can_take(tokens, max_tokens) for v in best):
+                return best
+        ok = [v for v in rotated if v.can_take(tokens, max_tokens)]
+        return sorted(ok, key=_UTILISATION)[:limit]
+
+
+class FitFirstPolicy:
+    """Token-aware expected completion with power-of-d sampling (module docstring)."""
+
+    name: ClassVar[str] = "fit_first"
+
+    def __init__(self, *, scan_limit: int = 64, choices: int = 2) -> None:
+        if scan_limit < 1 or choices < 1:
+            raise ValueError("scan_limit and choices must be positive")
+        self.scan_limit = scan_limit
+        self.choices = choices
+
+    def order(
+        self,
+        request: RequestShape,
+        candidates: Sequence[NodeView],
+        rng: random.Random,
+        *,
+        limit: int | None = DEFAULT_LIMIT,
+    ) -> list[NodeView]:
+        tokens, max_tokens = request.tokens, request.max_tokens
+        fit: list[NodeView] = []
+        later: list[NodeView] = []
+        n = len(candidates)
+        if limit is None or n <= self.scan_limit:
+            start = int(rng.random() * n)
+            pool: Sequence[NodeView] = [*candidates[start:], *candidates[:start]]
+        else:
+            # Sample choices x limit nodes, more while fewer than limit of them fit (up
+            # to scan_limit), then every node: a full scan only near saturation.
+            want, drawn = self.choices * limit, _shuffled(candidates, rng)
+            pool = []
+            while len(pool) < self.scan_limit:
+                more = list(itertools.islice(drawn, want))
+                pool.extend(more)
+                if not more or sum(1 for v in pool if v.fits(tokens, max_tokens)) >= limit:
+                    break
+            else:
+                fitting = [
+                    v
+                    for v in candidates
+                    if v.free_slots > 0 and v.free_tokens >= tokens and v.max_tokens >= max_tokens
+                ]
+                if len(fitting) > want:
+                    fitting = rng.sample(fitting, want)
+                pool = fitting + [v for v in pool if not v.fits(tokens, max_tokens)]
+        for v in pool:
+            if v.fits(tokens, max_tokens):
+                fit.append(v)
+            elif v.can_take(tokens, max_tokens):
+                later.append(v)
+        key = _completion(tokens)
+        fit.sort(key=key)
+        later.sort(key=key)
+        return [*fit, *later][:limit]
+
+
+def _completion(tokens: int) -> Callable[[NodeView], float]:
+    """Expected seconds until a request of ``tokens`` would finish on a node."""
+
+    def seconds(v: NodeView) -> float:
+        return max(tokens / v.stream_tps, (v.tokens_in_flight + tokens) / v.capacity_tps)
+
+    return seconds
+
+
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (RandomPolicy, WeightedPolicy, LoadAwarePolicy, FitFirstPolicy)
+}
+
+
+def make_policy(name: str) -> Policy:
+    """The policy called ``name``; :class:`UnknownPolicyError` lists the known ones."""
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise UnknownPolicyError(
+            f"unknown scheduling policy {name!r}; known policies: {', '.join(sorted(POLICIES))}"
+        ) from None
+    return cls()
+
+
+class DecisionTiming(TypedDict):
+    """Decision time of a policy, microseconds."""
+
+    p50_us: float
+    p99_us: float
+
+
+def pick_timing(
+    policy: Policy,
+    request: RequestShape,
+    candidates: Sequence[NodeView],
+    *,
+    rounds: int = 2000,
+    limit: int | None = DEFAULT_LIMIT,
+    rng: random.Random | None = None,
+) -> DecisionTiming:
+    """Time ``rounds`` calls of ``policy.order`` on the same candidates."""
+    rng = rng or random.Random(0)
+    return timing(lambda: policy.order(request, candidates, rng, limit=limit), rounds)
+
+
+def timing(call: Callable[[], object], rounds: int) -> DecisionTiming:
+    """p50 and p99 of ``rounds`` timed calls (after a short warm-up), microseconds."""
+    if rounds < 1:
+        raise ValueError("rounds must be positive")
+    for _ in range(min(100, rounds)):
+        call()
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        t0 = clock()
+        call()
+        samples.append(clock() - t0)
+    samples.sort()
+    return {
+        "p50_us": round(samples[len(samples) // 2] / 1e3, 2),
+        "p99_us": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1e3, 2),
+    }
+
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "POLICIES",
+    "DecisionTiming",
+    "FitFirstPolicy",
+    "LoadAwarePolicy",
+    "Policy",
+    "RandomPolicy",
+    "RequestShape",
+    "UnknownPolicyError",
+    "WeightedPolicy",
+    "make_policy",
+    "pick_timing",
+    "timing",
+]

@@ -1,0 +1,130 @@
+"""Adapters between the orchestrator and the gateway's parts.
+
+- :class:`PolicyRouter`: the node directory (CMS) and a scheduling policy.
+- :class:`CacheAdapter`: the semantic cache keyed by conversation and scope.
+- :func:`load_classify`: the sentence encoder and the trained domain classifier.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.cache import CachedAnswer, SemanticCache, cache_key, scope_key
+from gateway.classifier import DomainClassifier
+from gateway.encoder import SentenceEncoder
+from gateway.nodes import NodeDirectory, NodeView
+from gateway.orchestrator import Answer, Query
+from gateway.policies import RequestShape, make_policy
+
+CLASSIFIER = Path(__file__).resolve().parent / "data" / "classifier.npz"
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMBT]?)", re.IGNORECASE)
+_SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+class PolicyRouter:
+    """Candidates from the CMS, ordered by the configured policy."""
+
+    def __init__(self, directory: NodeDirectory, policy: str, capability: str) -> None:
+        self.directory = directory
+        self.policy = make_policy(policy)
+        self.policy_name = policy
+        self.capability = capability
+        self.rng = random.Random()
+
+    def order(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[NodeView]:
+        candidates = self.directory.candidates(self.capability)
+        return list(
+            self.policy.order(RequestShape(prompt_tokens, max_tokens, domain), candidates, self.rng)
+        )
+
+    def reserve(self, node_id: str, tokens: int) -> Any:
+        return self.directory.reserve(node_id, tokens)
+
+    def release(self, reservation: Any) -> None:
+        self.directory.release(reservation)
+
+    def model_size(self, node_id: str) -> float:
+        """Parameters of the node's first model ("135M" -> 1.35e8); 0 when unknown."""
+        for view in self.directory.candidates(self.capability):
+            if view.node_id == node_id:
+                return parameter_count(view.parameters)
+        return 0.0
+
+
+def parameter_count(label: str | None) -> float:
+    match = _SIZE.match(label or "")
+    if match is None:
+        return 0.0
+    return float(match.group(1)) * _SCALE[match.group(2).upper()]
+
+
+class CacheAdapter:
+    """The semantic cache for orchestrator queries (tenant- and sampling-scoped)."""
+
+    def __init__(
+        self, encode: Callable[[Sequence[str]], npt.NDArray[np.float32]], *, ttl_s: float
+    ) -> None:
+        self.cache = SemanticCache(encode, ttl_s=ttl_s)
+
+    @staticmethod
+    def _keys(query: Query) -> tuple[str, str] | None:
+        scope = scope_key(
+            query.tenant, "any", max_tokens=query.max_tokens, temperature=query.temperature or 0.0
+        )
+        if scope is None:
+            return None
+        return cache_key([(m.role, m.content) for m in query.messages]), scope
+
+    async def lookup(self, query: Query) -> Answer | None:
+        keys = self._keys(query)
+        if keys is None:
+            return None
+        hit = await self.cache.alookup(*keys)
+        if hit is None:
+            return None
+        got = hit.answer
+        return Answer(
+            text=got.text,
+            route="cache",
+            model=got.model,
+            prompt_tokens=got.prompt_tokens,
+            completion_tokens=got.completion_tokens,
+            node=got.node,
+            escalation=None,
+            attempts=[f"cache: similarity {hit.similarity:.3f}"],
+        )
+
+    async def store(self, query: Query, answer: Answer) -> None:
+        keys = self._keys(query)
+        if keys is not None:
+            await self.cache.astore(
+                *keys,
+                CachedAnswer(
+                    answer.text,
+                    answer.model,
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    answer.node or answer.route,
+                ),
+            )
+
+
+def load_classify() -> tuple[
+    Callable[[str], tuple[str, float]], Callable[[Sequence[str]], npt.NDArray[np.float32]]
+]:
+    """The classifier (domain, complexity) and the encoder it shares with the cache."""
+    encoder = SentenceEncoder()
+    classifier = DomainClassifier.load(CLASSIFIER, encoder=encoder)
+
+    def classify(text: str) -> tuple[str, float]:
+        result = classifier.predict([text])[0]
+        return result.domain, float(result.complexity)
+
+    return classify, encoder.encode
