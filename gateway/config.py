@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from broker import BusSettings
 from broker.topics import validate_id
 from gateway.cloud import CloudSettings
+from gateway.policies import make_policy
 
 ENV_PREFIX = "EDGECOLLAB_GATEWAY__"
 
@@ -51,6 +52,12 @@ class GatewayConfig(BaseModel):
     @classmethod
     def _valid_id(cls, value: str) -> str:
         return validate_id(value, "gateway_id")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        make_policy(value)  # raises with the list of known policies
+        return value
 
 
 def load_gateway_config(

@@ -100,3 +100,11 @@ def test_node_command_fails_clearly_on_a_missing_model(tmp_path):
     )
     assert done.returncode == 2
     assert "neither a known model" in done.stderr
+
+
+def test_example_gateway_config_is_valid():
+    from gateway.config import load_gateway_config  # noqa: PLC0415 - gateway extra
+
+    config = load_gateway_config(CONFIGS / "gateway.yaml", env={})
+    assert config.policy == "fit_first"
+    assert config.cloud.api_key_env == "OPENAI_API_KEY"

@@ -368,6 +368,7 @@ async def test_a_real_node_in_the_directory_then_gone(mosquitto, prefix):
             "capabilities": ["chat"],
             "limits": {"max_inflight_tokens": 2048, "max_tokens": 512},
             "load_interval_s": 0.05,
+            "load_expiry_s": 3,  # an idle node's first load comes at expiry / 3
         }
     )
     agent = NodeAgent(config, engine)
