@@ -59,6 +59,7 @@ class NodeAgent:
         self.draining = False
         self._executor = ThreadPoolExecutor(engine.slots, thread_name_prefix="inference")
         self._load_changed = asyncio.Event()
+        self._load_changed.set()  # the first load record goes out right after the birth
         self._params_mirror: Mirror | None = None
         self._running: set[asyncio.Future[Generation]] = set()
         self.ready = asyncio.Event()
@@ -158,8 +159,6 @@ class NodeAgent:
 
     def _admit(self, body: Chat) -> Ticket:
         """Validate against this node's limits and reserve capacity, or refuse at once."""
-        if body.max_tokens > self.config.limits.max_tokens:
-            raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
         if body.max_tokens > self.config.limits.max_tokens:
             raise RpcError(
                 ErrorCode.BAD_REQUEST,

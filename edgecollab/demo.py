@@ -1,12 +1,15 @@
 """``edgecollab up``: the local testbed demo.
 
-Starts Mosquitto from the project's configuration and two edge nodes: a real
-llama.cpp node on SmolLM2-135M-Instruct (this machine's CPU) and a simulated
-Jetson Orin Nano (device profile; its answers say they are simulated). Then, as a
-user would see it: a streamed answer from the real model with its confidence;
-requests balanced over the ``chat`` pool; a request refused at once when the
-real node is busy; a malformed request answered with an error; a live parameter
-change through the CMS; and the CMS itself.
+Starts Mosquitto from the project's configuration, two edge nodes (a real
+llama.cpp node on SmolLM2-135M-Instruct on this machine's CPU, and a simulated
+Jetson Orin Nano whose answers say they are simulated), a local stand-in for the
+cloud (llama-cpp-python's OpenAI-compatible server, also on SmolLM2) and the
+gateway. Then, as a user would see it: a streamed answer from the real model
+with its confidence; requests balanced over the ``chat`` pool; a request refused
+at once when the real node is busy; a malformed request answered with an error;
+a live parameter change through the CMS; the CMS itself; and the gateway through
+the ``openai`` SDK: an edge answer, an escalation to the cloud for a strict
+tenant, a cached repeat, and the ledger's per-tenant report.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ import argparse
 import asyncio
 import json
 import signal
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
+
+import openai
 
 from broker import (
     JSON,
@@ -35,6 +43,10 @@ from broker.topics import capability_request_topic, cms_key, node_request_topic,
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines import build_engine
+from edgecollab.cloud_standin import CLOUD_MODEL, running_cloud_server
+from gateway.config import GatewayConfig
+from gateway.ledger import Ledger
+from gateway.service import running_gateway
 
 REAL, SIMULATED = "smollm2-cpu", "sim-orin-nano"
 MODEL = "smollm2-135m-instruct"
@@ -75,7 +87,7 @@ def _node_configs(port: int) -> list[NodeConfig]:
     ]
 
 
-async def _demo(port: int, question: str, serve: bool) -> int:
+async def _demo(port: int, question: str, serve: bool, ledger_dir: Path) -> int:
     # SIGTERM ends the demo like Ctrl-C: nodes drain and say offline, the broker stops.
     main = asyncio.current_task()
     assert main is not None
@@ -96,6 +108,7 @@ async def _demo(port: int, question: str, serve: bool) -> int:
             await _malformed_request(bus)
             await _live_parameter(rpc)
             await _show_cms(bus)
+            await _through_gateway(port, bus, ledger_dir)
         if serve:
             print(f"\nTestbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
             await asyncio.Event().wait()
@@ -213,10 +226,69 @@ async def _show_cms(bus: BusClient) -> None:
                 print(f"  {key} = {json.dumps(entry.value, separators=(',', ':'))}")
 
 
+async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path) -> None:
+    with running_cloud_server() as cloud_url:
+        config = GatewayConfig.model_validate(
+            {
+                "gateway_id": "demo-gateway",
+                "bus": {"port": port},
+                "http_port": 0,
+                "ledger_url": f"sqlite:///{ledger_dir}/ledger.sqlite3",
+                "cloud": {"base_url": cloud_url, "model": CLOUD_MODEL},
+            }
+        )
+        async with running_gateway(config) as gw:
+            url = f"http://127.0.0.1:{gw.port}/v1"
+            print(
+                f"\ngateway: {url} (policy {config.policy}); cloud stand-in: {cloud_url} "
+                "(llama-cpp-python server on SmolLM2, standing in for a cloud LLM)"
+            )
+            await asyncio.sleep(0.3)  # the gateway's mirror follows the nodes
+            client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
+            question: list[Any] = [
+                {
+                    "role": "user",
+                    "content": "What is the capital of France? Answer in one sentence.",
+                }
+            ]
+            key = cms_key("tenants", "strict-clinic", "confidence_threshold")
+            await Cms(bus).put(key, 0.99)
+            await asyncio.sleep(0.3)
+            try:
+                for label, tenant in (
+                    ("clinic-a", "clinic-a"),
+                    ("clinic-a again", "clinic-a"),
+                    ("strict-clinic (threshold 0.99)", "strict-clinic"),
+                ):
+                    reply = await client.chat.completions.create(
+                        model="edgecollab",
+                        messages=question,
+                        max_tokens=24,
+                        temperature=0.0,
+                        extra_headers={"X-Tenant": tenant},
+                    )
+                    extra = (reply.model_extra or {})["edgecollab"]
+                    via = f" via {extra['node']}" if extra["node"] else ""
+                    why = f", escalation: {extra['escalation']}" if extra["escalation"] else ""
+                    text = (reply.choices[0].message.content or "").strip()[:70]
+                    print(f"> openai SDK, tenant {label}\n< {extra['route']}{via}{why}: {text!r}")
+            finally:
+                await client.close()
+                await Cms(bus).delete(key)
+        print("\nledger (edgecollab ledger report):")
+        async with Ledger(config.ledger_url) as ledger:
+            for row in await ledger.summary():
+                print(
+                    f"  {row.tenant}: {row.requests} requests, edge {row.edge}, "
+                    f"cloud {row.cloud}, cache {row.cache}, cloud cost ${row.cost_usd:.4f}, "
+                    f"edge saved ${row.savings_usd:.4f}"
+                )
+
+
 def run_up(args: argparse.Namespace) -> int:
-    with MosquittoBroker(port=args.port) as broker:
+    with MosquittoBroker(port=args.port) as broker, tempfile.TemporaryDirectory() as tmp:
         print(f"Mosquitto {broker.url} (config: mosquitto.conf, pid {broker.pid})")
         try:
-            return asyncio.run(_demo(broker.port, args.question, args.serve))
+            return asyncio.run(_demo(broker.port, args.question, args.serve, Path(tmp)))
         except (KeyboardInterrupt, asyncio.CancelledError):
             return 0

@@ -39,7 +39,7 @@ def prefix() -> str:
 @pytest.fixture(scope="session")
 def cloud_url() -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on SmolLM2: the cloud stand-in."""
-    from tests.cloud_server import running_cloud_server  # noqa: PLC0415 - heavy, lazy
+    from edgecollab.cloud_standin import running_cloud_server  # noqa: PLC0415 - heavy, lazy
 
     with running_cloud_server() as url:
         yield url

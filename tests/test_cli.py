@@ -21,7 +21,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_answers_over_the_bus_and_shows_the_cms():
-    done = run("up")
+    done = run("up", timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "user asks smollm2-cpu (stream)" in out
@@ -32,6 +32,10 @@ def test_demo_answers_over_the_bus_and_shows_the_cms():
     assert "'temperature': 0.0" in out
     assert "smollm2-cpu: online, smollm2-135m-instruct (135M, Q4_1)" in out
     assert "slm/metrics/smollm2-cpu/tokens_used_total" in out
+    assert "< edge via smollm2-cpu:" in out
+    assert "< cache via smollm2-cpu:" in out
+    assert "< cloud, escalation: low confidence:" in out
+    assert "strict-clinic: 1 requests, edge 0, cloud 1" in out
 
 
 def test_cms_set_get_ls_rm(mosquitto: MosquittoBroker, prefix: str):

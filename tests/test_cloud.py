@@ -9,8 +9,8 @@ import pytest
 
 from broker import ChatMessage, ErrorCode
 from broker.launcher import free_port
+from edgecollab.cloud_standin import CLOUD_MODEL
 from gateway.cloud import CloudClient, CloudError, CloudSettings
-from tests.cloud_server import CLOUD_MODEL
 
 QUESTION = (ChatMessage("user", "What is the capital of France?"),)
 

@@ -19,10 +19,10 @@ from broker.topics import cms_key
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
+from edgecollab.cloud_standin import CLOUD_MODEL
 from gateway.config import GatewayConfig
 from gateway.ledger import Ledger
 from gateway.service import running_gateway
-from tests.cloud_server import CLOUD_MODEL
 from tests.helpers import eventually, settings
 
 QUESTION: list[Any] = [

@@ -1,4 +1,8 @@
-"""Start llama-cpp-python's own OpenAI-compatible server as the cloud stand-in."""
+"""A local stand-in for the cloud: llama-cpp-python's own OpenAI-compatible server.
+
+Used by the demo and the tests so that cloud escalation goes through a real HTTP
+server speaking the OpenAI API, on SmolLM2, without an internet connection.
+"""
 
 from __future__ import annotations
 
