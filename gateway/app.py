@@ -185,6 +185,7 @@ def _extra(answer: Answer) -> dict[str, Any]:
         "confidence": answer.confidence,
         "escalation": answer.escalation,
         "domain": answer.domain,
+        "knowledge_gap": answer.knowledge_gap,
         "attempts": answer.attempts,
     }
 

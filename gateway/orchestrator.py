@@ -83,6 +83,7 @@ class Answer:
     finish_reason: str | None = None
     domain: str | None = None
     escalation: str | None = None
+    knowledge_gap: bool = False  # no online node lists the query's domain as expertise
     attempts: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
 
@@ -106,6 +107,10 @@ class Router(Protocol):
     def release(self, reservation: Any) -> None: ...
 
     def model_size(self, node_id: str) -> float: ...
+
+    def gap_likely(self, domain: str) -> bool:
+        """No online node lists ``domain`` among its expertise."""
+        ...
 
 
 class Books(Protocol):
@@ -177,6 +182,7 @@ class Orchestrator:
             await self.books.record(query, None, policy=self.router.policy_name, error=exc.code)
             raise
         answer.domain = domain
+        answer.knowledge_gap = self.router.gap_likely(domain)
         answer.latency_ms = (time.perf_counter() - started) * 1e3
         await self.books.record(query, answer, policy=self.router.policy_name)
         if self.cache is not None and answer.route != "cache" and answer.escalation is None:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.cache import CachedAnswer, SemanticCache, cache_key, scope_key
-from gateway.classifier import DomainClassifier
+from gateway.classifier import DomainClassifier, gap_likely
 from gateway.encoder import SentenceEncoder
 from gateway.nodes import NodeDirectory, NodeView
 from gateway.orchestrator import Answer, Query
@@ -56,6 +56,12 @@ class PolicyRouter:
             if view.node_id == node_id:
                 return parameter_count(view.parameters)
         return 0.0
+
+    def gap_likely(self, domain: str) -> bool:
+        expertise = {
+            d for view in self.directory.candidates(self.capability) for d in view.expertise
+        }
+        return gap_likely(domain, expertise)
 
 
 def parameter_count(label: str | None) -> float:

@@ -119,6 +119,8 @@ async def test_openai_sdk_gets_an_edge_answer_and_the_ledger_records_it(
     assert raw["edgecollab"]["route"] == "edge"
     assert raw["edgecollab"]["node"] == f"{prefix}-llm"
     assert 0 <= raw["edgecollab"]["confidence"] <= 1
+    assert raw["edgecollab"]["domain"] == "general"
+    assert raw["edgecollab"]["knowledge_gap"] is False
     assert {m.id for m in models.data} >= {"smollm2-135m-instruct", CLOUD_MODEL}
     async with Ledger(f"sqlite:///{tmp_path}/ledger.sqlite3") as ledger:
         summary = {s.tenant: s for s in await ledger.summary()}

@@ -37,6 +37,9 @@ class FakeRouter:
     def model_size(self, node_id: str) -> float:
         return next(n.size for n in self.nodes if n.node_id == node_id)
 
+    def gap_likely(self, domain: str) -> bool:
+        return domain != "general"
+
 
 class FakeRpc:
     """Answers per node: a confidence, or an error code."""
