@@ -7,15 +7,14 @@ are parsed as YAML scalars (``EDGECOLLAB_NODE__BUS__PORT=1884``,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker import BusSettings
+from broker.config_file import ConfigFileError, load_config_file
 from broker.topics import validate_id
 from edge_node.engines.llama_cpp import LlamaCppConfig
 from edge_node.engines.simulated import SimulatedEngineConfig
@@ -83,32 +82,10 @@ class NodeConfig(BaseModel):
 def load_config(
     path: Path | None, env: Mapping[str, str] | None = None, **overrides: Any
 ) -> NodeConfig:
-    """Read YAML (if given), apply environment overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded or {}
-    for key, raw in (os.environ if env is None else env).items():
-        if key.startswith(ENV_PREFIX):
-            _set(data, key[len(ENV_PREFIX) :].lower().split("__"), yaml.safe_load(raw))
-    data.update(overrides)
+    """Read YAML (if given), apply ``EDGECOLLAB_NODE__*`` overrides, validate."""
     try:
-        return NodeConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"invalid node configuration{f' in {path}' if path else ''}:\n{exc}"
-        ) from exc
-
-
-def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
-    for level in path[:-1]:
-        child = data.setdefault(level, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot override {'.'.join(path)}: {level} is not a mapping")
-        data = child
-    data[path[-1]] = value
+        return load_config_file(
+            NodeConfig, path, env_prefix=ENV_PREFIX, what="node", env=env, overrides=overrides
+        )
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from exc

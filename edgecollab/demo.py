@@ -73,6 +73,8 @@ def _node_configs(port: int) -> list[NodeConfig]:
                 "device": "this machine (CPU)",
                 "engine": {"type": "llama_cpp", "model": MODEL},
                 "expertise": ["general"],
+                # 'qa' is the pool the demo's gateway uses: nodes with a real model only.
+                "capabilities": ["chat", "qa"],
             }
         ),
         NodeConfig.model_validate(
@@ -233,6 +235,7 @@ async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path) -> None:
                 "gateway_id": "demo-gateway",
                 "bus": {"port": port},
                 "http_port": 0,
+                "capability": "qa",  # the simulated node writes no real text: not in this pool
                 "ledger_url": f"sqlite:///{ledger_dir}/ledger.sqlite3",
                 "cloud": {"base_url": cloud_url, "model": CLOUD_MODEL},
             }

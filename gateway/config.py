@@ -6,15 +6,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker import BusSettings
+from broker.config_file import ConfigFileError, load_config_file
 from broker.topics import validate_id
 from gateway.cloud import CloudSettings
 from gateway.policies import make_policy
@@ -63,24 +62,10 @@ class GatewayConfig(BaseModel):
 def load_gateway_config(
     path: Path | None, env: Mapping[str, str] | None = None, **overrides: Any
 ) -> GatewayConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise GatewayConfigError(f"cannot read {path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise GatewayConfigError(f"{path}: the top level must be a mapping")
-        data = loaded or {}
-    for key, raw in (os.environ if env is None else env).items():
-        if key.startswith(ENV_PREFIX):
-            target = data
-            levels = key[len(ENV_PREFIX) :].lower().split("__")
-            for level in levels[:-1]:
-                target = target.setdefault(level, {})
-            target[levels[-1]] = yaml.safe_load(raw)
-    data.update(overrides)
+    """Read YAML (if given), apply ``EDGECOLLAB_GATEWAY__*`` overrides, validate."""
     try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise GatewayConfigError(f"invalid gateway configuration: {exc}") from exc
+        return load_config_file(
+            GatewayConfig, path, env_prefix=ENV_PREFIX, what="gateway", env=env, overrides=overrides
+        )
+    except ConfigFileError as exc:
+        raise GatewayConfigError(str(exc)) from exc

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from broker import BusSettings, Mirror, MosquittoBroker, nodes_from
 
@@ -35,3 +37,37 @@ def is_online(mirror: Mirror, node_id: str) -> bool:
     """Whether the mirror's ``slm/nodes`` entries say ``node_id`` is online."""
     status = nodes_from(mirror.items()).get(node_id)
     return status is not None and status.online
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    broker: MosquittoBroker, engine: Any, node_id: str, **overrides: Any
+) -> AsyncIterator[Any]:
+    """An in-process edge node on ``engine`` until the block ends (then drained)."""
+    from edge_node.agent import NodeAgent  # noqa: PLC0415 - only node tests need it
+    from edge_node.config import NodeConfig  # noqa: PLC0415
+    from edge_node.engines.simulated import SimulatedEngine  # noqa: PLC0415
+
+    simulated = isinstance(engine, SimulatedEngine)
+    config = NodeConfig.model_validate(
+        {
+            "node_id": node_id,
+            "bus": settings(broker).model_dump(),
+            "engine": {"type": "simulated", "profile": "jetson-orin-nano"}
+            if simulated
+            else {"type": "llama_cpp"},
+            "capabilities": [node_id + "cap"],
+            "metrics_interval_s": 0.2,
+            "load_interval_s": 0.05,
+            **overrides,
+        }
+    )
+    agent = NodeAgent(config, engine)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(agent.ready.wait(), 10)
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -16,45 +16,16 @@ import pytest
 
 from broker import BusClient, Chat, Cms, MosquittoBroker, RpcClient
 from broker.topics import cms_key
-from edge_node.agent import NodeAgent
-from edge_node.config import NodeConfig
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from edgecollab.cloud_standin import CLOUD_MODEL
 from gateway.config import GatewayConfig
 from gateway.ledger import Ledger
 from gateway.service import running_gateway
-from tests.helpers import eventually, settings
+from tests.helpers import eventually, running_node, settings
 
 QUESTION: list[Any] = [
     {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
 ]
-
-
-@contextlib.asynccontextmanager
-async def node(
-    broker: MosquittoBroker, node_id: str, engine: Any, **extra: Any
-) -> AsyncIterator[NodeAgent]:
-    config = NodeConfig.model_validate(
-        {
-            "node_id": node_id,
-            "bus": settings(broker).model_dump(),
-            "engine": {"type": "llama_cpp"}
-            if not isinstance(engine, SimulatedEngine)
-            else {"type": "simulated", "profile": "jetson-orin-nano"},
-            "capabilities": [extra.pop("capability")],
-            "load_interval_s": 0.05,
-            **extra,
-        }
-    )
-    agent = NodeAgent(config, engine)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait_for(agent.ready.wait(), 10)
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager
@@ -103,7 +74,7 @@ async def test_openai_sdk_gets_an_edge_answer_and_the_ledger_records_it(
     mosquitto, engine, cloud_url, tmp_path, prefix
 ):
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, cloud_url) as (url, _gw),
     ):
         client = sdk(url, **{"X-Tenant": "clinic-a"})
@@ -131,7 +102,7 @@ async def test_openai_sdk_gets_an_edge_answer_and_the_ledger_records_it(
 
 async def test_streaming_through_the_sdk(mosquitto, engine, cloud_url, tmp_path, prefix):
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, cloud_url) as (url, _gw),
     ):
         client = sdk(url)
@@ -155,7 +126,7 @@ async def test_low_confidence_escalates_to_the_cloud_but_never_for_no_cloud(
 ):
     key = cms_key("tenants", "strict", "confidence_threshold")
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, cloud_url, cache_enabled=False) as (url, gw),
         BusClient(settings(mosquitto), f"{prefix}-op") as op,
     ):
@@ -188,7 +159,7 @@ async def test_saturated_edge_redirects_to_the_cloud(mosquitto, cloud_url, tmp_p
         SimulatedEngineConfig(profile="jetson-orin-nano", decode_tps=40, concurrency=1)
     )
     async with (
-        node(mosquitto, f"{prefix}-sim", slow, capability=prefix),
+        running_node(mosquitto, slow, f"{prefix}-sim", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, cloud_url, cache_enabled=False) as (url, _gw),
     ):
         client = sdk(url)
@@ -225,7 +196,7 @@ async def test_no_edge_and_no_cloud_is_a_clear_503(mosquitto, tmp_path, prefix):
 async def test_tenant_limit_is_enforced_with_429(mosquitto, engine, tmp_path, prefix):
     key = cms_key("tenants", "tiny", "usage_limit")
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, None, cache_enabled=False) as (url, gw),
         BusClient(settings(mosquitto), f"{prefix}-op") as op,
         httpx.AsyncClient(headers={"X-Tenant": "tiny"}, timeout=60) as http,
@@ -245,7 +216,7 @@ async def test_tenant_limit_is_enforced_with_429(mosquitto, engine, tmp_path, pr
 
 async def test_near_duplicate_is_answered_from_the_cache(mosquitto, engine, tmp_path, prefix):
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, None) as (url, _gw),
     ):
         client = sdk(url)
@@ -311,7 +282,7 @@ async def test_bad_http_input_is_a_clear_4xx(mosquitto, tmp_path, prefix, body, 
 
 async def test_mqtt_ingress_answers_through_the_gateway(mosquitto, engine, tmp_path, prefix):
     async with (
-        node(mosquitto, f"{prefix}-llm", engine, capability=prefix),
+        running_node(mosquitto, engine, f"{prefix}-llm", capabilities=[prefix]),
         gateway(mosquitto, tmp_path, prefix, None) as (_url, _gw),
         BusClient(settings(mosquitto), f"{prefix}-dev") as bus,
         RpcClient(bus) as rpc,

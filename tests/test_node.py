@@ -41,35 +41,9 @@ from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
-from tests.helpers import eventually, is_online, settings
+from tests.helpers import eventually, is_online, running_node, settings
 
 QUESTION = "What is the capital of France? Answer in one sentence."
-
-
-@contextlib.asynccontextmanager
-async def running_node(
-    broker: MosquittoBroker, engine: LlamaCppEngine, node_id: str, **overrides: Any
-) -> AsyncIterator[NodeAgent]:
-    config = NodeConfig.model_validate(
-        {
-            "node_id": node_id,
-            "bus": settings(broker).model_dump(),
-            "engine": {"type": "llama_cpp"},
-            "capabilities": [node_id + "cap"],
-            "metrics_interval_s": 0.2,
-            "load_interval_s": 0.05,
-            **overrides,
-        }
-    )
-    agent = NodeAgent(config, engine)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait_for(agent.ready.wait(), 10)
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager
