@@ -1,0 +1,308 @@
+"""The allocation study (issue 6) as a fast discrete-event model of the cluster, no broker.
+
+    python -m benchmarks.allocation_sim --json [--seed N] [--duration S] [--base-rps R]
+        [--policies random weighted load_aware fit_first] [--staleness S] [--budget T]
+
+Cluster. Eight nodes, :data:`MIX` = 2 Jetson AGX Orin + 6 Jetson Orin Nano, with the
+profiles of ``edge_node.profiles``: slots = the profile's concurrency (4 and 2), a
+token budget ``max_inflight_tokens`` (default 4096, the node configuration's
+default) and ``max_tokens`` 512. A node admits with ``edge_node.admission.Admission``
+and refuses instead of queueing.
+
+Service. Processor sharing, event driven and exact: with ``n`` streams on a node,
+each prefills and decodes at ``rate * min(1, k / n)`` (the simulated engine's
+formula), so a request's work is ``prompt / prefill_tps + tokens / decode_tps``
+single-stream seconds and all of a node's streams progress at ``min(1, k / n)``
+single-stream seconds per second; a completion or admission changes ``n`` and so
+every other stream's finish time (tracked with a per-node virtual clock).
+
+Gateway. For each request the policy (``gateway.policies``, default ``limit``) orders
+``NodeView`` records built as ``gateway.nodes.NodeDirectory`` would see them: each
+node publishes its load at most every ``staleness_s`` (default 0.2 s, the load
+debounce), and the gateway adds its own reservations made since the last publish
+(releasing one when its answer comes). The gateway tries up to
+:data:`MAX_ATTEMPTS` candidates; a refusal costs :data:`REFUSAL_S` (2 ms). A request
+every tried node refused goes to the cloud, priced at GPT-4 (``gateway.pricing``)
+for prompt and completion tokens.
+
+Latency. Edge: service time plus 2 ms per refused attempt. Cloud: 2 ms per refused
+attempt + :data:`CLOUD_BASE_S` (800 ms) + tokens / :data:`CLOUD_TPS` (50 tok/s).
+p50 and p95 are over all requests (edge and cloud), nearest rank.
+
+``rejected`` counts refusals per attempt; ``processed + cloud_redirects`` is the
+number of requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import TypedDict
+
+from benchmarks.trace import BASE_RPS, Req, describe, make_trace
+from edge_node.admission import Admission, Ticket
+from edge_node.profiles import DeviceProfile, get_profile
+from gateway.nodes import NOMINAL_TPS, NodeView
+from gateway.policies import DEFAULT_LIMIT, POLICIES, RequestShape, make_policy
+from gateway.pricing import PriceTable
+
+MIX: tuple[tuple[str, int], ...] = (("jetson-agx-orin", 2), ("jetson-orin-nano", 6))
+BUDGET = 4096
+MAX_TOKENS = 512
+MAX_ATTEMPTS = 4
+REFUSAL_S = 0.002
+CLOUD_BASE_S = 0.8
+CLOUD_TPS = 50.0
+STALENESS_S = 0.2
+CLOUD_MODEL = "gpt-4"
+
+
+class PolicyResult(TypedDict):
+    """One policy's outcome on a trace (the issue's JSON shape)."""
+
+    processed: int
+    rejected: int
+    cloud_redirects: int
+    cloud_cost_usd: float
+    p50_ms: float
+    p95_ms: float
+
+
+class SimNode:
+    """One edge node: admission, processor-sharing service, and its published load."""
+
+    def __init__(
+        self, node_id: str, profile: DeviceProfile, budget: int, staleness_s: float
+    ) -> None:
+        self.node_id = node_id
+        self.profile = profile
+        self.admission = Admission(profile.concurrency.value, budget)
+        self.staleness_s = staleness_s
+        self.now = 0.0  # real time the virtual clock was last advanced to
+        self.vclock = 0.0  # single-stream seconds of work done by each stream so far
+        self.jobs: list[tuple[float, int, float, Ticket, int]] = []  # vfinish, serial, ...
+        self.published = (0, 0)  # (in_flight, tokens_in_flight) of the last load record
+        self.last_publish = -math.inf
+        self.publish_at = math.inf  # when the next (debounced) load record goes out
+        self.unreflected: dict[int, int] = {}  # gateway reservations: serial -> tokens
+        stream, aggregate = NOMINAL_TPS[profile.name]
+        self.stream_tps, self.capacity_tps = stream, aggregate
+
+    def _advance(self, now: float) -> None:
+        self.vclock += (now - self.now) * self.profile.share(len(self.jobs))
+        self.now = now
+
+    def next_completion(self) -> float:
+        if not self.jobs:
+            return math.inf
+        return self.now + (self.jobs[0][0] - self.vclock) / self.profile.share(len(self.jobs))
+
+    def _changed(self, now: float) -> None:
+        if self.publish_at == math.inf:
+            self.publish_at = max(now, self.last_publish + self.staleness_s)
+        if self.publish_at <= now:
+            self.publish(now)
+
+    def publish(self, now: float) -> None:
+        """Send a load record: the gateway now sees the true state, reservations settle."""
+        self.published = (self.admission.in_flight, self.admission.tokens_in_flight)
+        self.last_publish, self.publish_at = now, math.inf
+        self.unreflected.clear()
+
+    def try_start(self, now: float, req: Req, serial: int, refusals: int) -> bool:
+        """Admit and start ``req``, or refuse it (``False``) as the node's admission does."""
+        ticket = self.admission.admit(req.prompt_tokens + req.tokens)
+        if ticket is None:
+            return False
+        self._advance(now)
+        work = req.prompt_tokens / self.profile.prefill_tps.value
+        work += req.tokens / self.profile.decode_tps.value
+        heapq.heappush(self.jobs, (self.vclock + work, serial, now, ticket, refusals))
+        self.unreflected[serial] = ticket.tokens
+        self._changed(now)
+        return True
+
+    def complete(self, now: float) -> tuple[float, int]:
+        """Finish the first stream due; its (start time, refused attempts before it)."""
+        self._advance(now)
+        _, serial, started, ticket, refusals = heapq.heappop(self.jobs)
+        self.admission.release(ticket)
+        self.unreflected.pop(serial, None)  # the answer releases the gateway's reservation
+        self._changed(now)
+        return started, refusals
+
+    def view(self) -> NodeView:
+        """What the gateway's ``NodeDirectory`` would say about this node now."""
+        in_flight, tokens = self.published
+        return NodeView(
+            node_id=self.node_id,
+            device=self.profile.name,
+            slots=self.admission.concurrency,
+            max_inflight_tokens=self.admission.max_inflight_tokens,
+            max_tokens=MAX_TOKENS,
+            in_flight=in_flight + len(self.unreflected),
+            tokens_in_flight=tokens + sum(self.unreflected.values()),
+            capacity_tps=self.capacity_tps,
+            stream_tps=self.stream_tps,
+        )
+
+    def check(self) -> None:
+        """Assert the node never exceeds its slots or token budget (and books balance)."""
+        a = self.admission
+        assert 0 <= a.in_flight <= a.concurrency, (self.node_id, a.in_flight)
+        assert 0 <= a.tokens_in_flight <= a.max_inflight_tokens, (self.node_id, a.tokens_in_flight)
+        assert len(self.jobs) == a.in_flight
+        assert sum(j[3].tokens for j in self.jobs) == a.tokens_in_flight
+
+
+def make_nodes(
+    mix: Sequence[tuple[str, int]] = MIX, budget: int = BUDGET, staleness_s: float = STALENESS_S
+) -> list[SimNode]:
+    """Fresh nodes for ``mix`` (profile name, count), ids ``<profile>-<i>``."""
+    return [
+        SimNode(f"{name}-{i}", get_profile(name), budget, staleness_s)
+        for name, count in mix
+        for i in range(count)
+    ]
+
+
+def _percentile_ms(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 1)
+
+
+def simulate(
+    trace: Sequence[Req],
+    policy_name: str,
+    *,
+    seed: int = 1,
+    mix: Sequence[tuple[str, int]] = MIX,
+    budget: int = BUDGET,
+    staleness_s: float = STALENESS_S,
+    attempts: int = MAX_ATTEMPTS,
+    check: bool = False,
+) -> PolicyResult:
+    """Run ``trace`` through the cluster with one policy; ``check`` asserts every event."""
+    policy, rng, prices = make_policy(policy_name), random.Random(seed), PriceTable()
+    nodes = make_nodes(mix, budget, staleness_s)
+    by_id = {n.node_id: n for n in nodes}
+    latencies: list[float] = []
+    processed = rejected = redirects = 0
+    cost = 0.0
+    i = 0
+    while True:
+        arrival = trace[i].t if i < len(trace) else math.inf
+        done = min(nodes, key=SimNode.next_completion)
+        publish = min(nodes, key=lambda n: n.publish_at)
+        t_done, t_pub = done.next_completion(), publish.publish_at
+        if min(arrival, t_done, t_pub) == math.inf:
+            break
+        if t_done <= t_pub and t_done <= arrival:  # completions first, then publishes
+            started, refusals = done.complete(t_done)
+            latencies.append(t_done - started + refusals * REFUSAL_S)
+            processed += 1
+        elif t_pub <= arrival:
+            publish.publish(t_pub)
+        else:
+            req = trace[i]
+            shape = RequestShape(req.prompt_tokens, req.tokens)
+            order = policy.order(shape, [n.view() for n in nodes], rng, limit=DEFAULT_LIMIT)
+            refusals = 0
+            for view in order[:attempts]:
+                if by_id[view.node_id].try_start(arrival, req, i, refusals):
+                    break
+                refusals += 1
+            else:
+                redirects += 1
+                cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
+                latencies.append(refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
+            rejected += refusals
+            i += 1
+        if check:
+            for n in nodes:
+                n.check()
+    latencies.sort()
+    return {
+        "processed": processed,
+        "rejected": rejected,
+        "cloud_redirects": redirects,
+        "cloud_cost_usd": round(cost, 4),
+        "p50_ms": _percentile_ms(latencies, 0.5),
+        "p95_ms": _percentile_ms(latencies, 0.95),
+    }
+
+
+def _ratio(policies: dict[str, PolicyResult], a: str, b: str) -> float | None:
+    if a not in policies or b not in policies or policies[b]["cloud_cost_usd"] == 0:
+        return None
+    return round(policies[a]["cloud_cost_usd"] / policies[b]["cloud_cost_usd"], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=3600.0, help="trace seconds")
+    parser.add_argument("--base-rps", type=float, default=BASE_RPS, help="base arrival rate")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--staleness", type=float, default=STALENESS_S, help="load debounce, s")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="max_inflight_tokens")
+    parser.add_argument("--attempts", type=int, default=MAX_ATTEMPTS, help="edge tries")
+    args = parser.parse_args()
+    trace = make_trace(args.seed, args.duration, args.base_rps)
+    t0 = time.perf_counter()
+    results = {
+        name: simulate(
+            trace,
+            name,
+            seed=args.seed,
+            budget=args.budget,
+            staleness_s=args.staleness,
+            attempts=args.attempts,
+        )
+        for name in args.policies
+    }
+    ratios = {
+        "load_aware/random": _ratio(results, "load_aware", "random"),
+        "fit_first/load_aware": _ratio(results, "fit_first", "load_aware"),
+    }
+    mix = " + ".join(f"{count} x {name}" for name, count in MIX)
+    out = {
+        "model": "discrete-event",
+        "nodes": {
+            "mix": mix,
+            "count": sum(count for _, count in MIX),
+            "max_inflight_tokens": args.budget,
+            "max_tokens": MAX_TOKENS,
+            "staleness_s": args.staleness,
+            "max_attempts": args.attempts,
+            "service": "processor sharing, rate * min(1, k / n)",
+            "cloud_latency": f"{CLOUD_BASE_S * 1e3:g} ms + tokens / {CLOUD_TPS:g} tok/s",
+            "cloud_price": "GPT-4 8K: $0.03 / 1K prompt, $0.06 / 1K completion tokens",
+        },
+        "trace": describe(trace, args.duration, args.base_rps, args.seed),
+        "policies": results,
+        "ratios": ratios,
+        "runtime_s": round(time.perf_counter() - t0, 3),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{mix}; {len(trace)} requests, seed {args.seed}")
+    cols = list(PolicyResult.__annotations__)
+    print(f"{'policy':<12}" + "".join(f"{c:>16}" for c in cols))
+    for name, result in results.items():
+        row: dict[str, object] = dict(result)
+        print(f"{name:<12}" + "".join(f"{row[c]!s:>16}" for c in cols))
+    for label, value in ratios.items():
+        print(f"cloud cost {label}: {value}")
+
+
+if __name__ == "__main__":
+    main()
