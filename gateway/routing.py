@@ -52,10 +52,8 @@ class PolicyRouter:
 
     def model_size(self, node_id: str) -> float:
         """Parameters of the node's first model ("135M" -> 1.35e8); 0 when unknown."""
-        for view in self.directory.candidates(self.capability):
-            if view.node_id == node_id:
-                return parameter_count(view.parameters)
-        return 0.0
+        view = self.directory.view(node_id)
+        return 0.0 if view is None else parameter_count(view.parameters)
 
     def gap_likely(self, domain: str) -> bool:
         expertise = {
