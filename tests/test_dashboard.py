@@ -256,13 +256,13 @@ def node_process(
         log.close()
 
 
-async def publish_device_data(broker: MosquittoBroker, prefix: str, stop: asyncio.Event) -> None:
+async def publish_device_data(broker: MosquittoBroker, stop: asyncio.Event) -> None:
     """A simulated wrist device and roadside unit: windows of a synthetic signal, encoded to
     small spectra, published as embeddings on ``data/`` (labelled simulated)."""
     rng = np.random.default_rng(7)
-    watch = data_topic("health", "imu_embeddings", f"{prefix}-watch")
-    rsu = data_topic("environment", "air_quality", f"{prefix}-rsu")
-    async with BusClient(settings(broker), f"{prefix}-devices") as bus:
+    watch = data_topic("health", "imu_embeddings", "wrist-07")
+    rsu = data_topic("environment", "air_quality", "rsu-main-st")
+    async with BusClient(settings(broker), "devices") as bus:
         tick = 0
         while not stop.is_set():
             window = np.sin(np.linspace(0, 6 * np.pi, 64) + tick) + 0.1 * rng.standard_normal(64)
@@ -282,18 +282,20 @@ async def publish_device_data(broker: MosquittoBroker, prefix: str, stop: asynci
 
 
 async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
-    mosquitto, engine, cloud_url, tmp_path, prefix
+    fresh_broker, engine, cloud_url, tmp_path
 ):
     from playwright.async_api import async_playwright  # noqa: PLC0415 - only this test
 
     browser_path = chromium()
-    orin, pi, llm = f"{prefix}-orin-nano", f"{prefix}-pi5", f"{prefix}-smollm2"
-    simulated = {"capabilities": [prefix], "limits": {"max_tokens": 256}}
+    # A broker of its own: the dashboard shows every node and device the CMS knows.
+    broker, pool = fresh_broker, "chat"
+    orin, pi, llm = "orin-nano-1", "rpi5-1", "smollm2-cpu"
+    simulated = {"capabilities": [pool], "limits": {"max_tokens": 256}}
     strict = cms_key("tenants", "strict", "confidence_threshold")
     stop = asyncio.Event()
     with (
         node_process(
-            mosquitto,
+            broker,
             tmp_path,
             orin,
             device="jetson-orin-nano (simulated)",
@@ -302,7 +304,7 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
             **simulated,
         ) as orin_proc,
         node_process(
-            mosquitto,
+            broker,
             tmp_path,
             pi,
             device="raspberry-pi-5 (simulated)",
@@ -312,15 +314,13 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
         ),
     ):
         async with (
-            running_node(
-                mosquitto, engine, llm, capabilities=[prefix], device="this machine (CPU)"
-            ),
-            gateway(mosquitto, tmp_path, prefix, cloud_url) as (url, gw),
-            BusClient(settings(mosquitto), f"{prefix}-op") as op,
+            running_node(broker, engine, llm, capabilities=[pool], device="this machine (CPU)"),
+            gateway(broker, tmp_path, "site-a", cloud_url, capability=pool) as (url, gw),
+            BusClient(settings(broker), "operator") as op,
             httpx.AsyncClient(base_url=url, timeout=120) as http,
             asyncio.TaskGroup() as tasks,
         ):
-            tasks.create_task(publish_device_data(mosquitto, prefix, stop), name="devices")
+            tasks.create_task(publish_device_data(broker, stop), name="devices")
             await eventually(
                 lambda: (
                     {n.node_id for n in gw.orchestrator.router.order(10, 10, "general")}
@@ -366,7 +366,7 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
                         await page.wait_for_selector(
                             f'[data-node="{node_id}"][data-status="online"]', timeout=15_000
                         )
-                    await page.wait_for_selector(f'tr[data-agent="{prefix}-rsu"]', timeout=15_000)
+                    await page.wait_for_selector('tr[data-agent="rsu-main-st"]', timeout=15_000)
                     await page.wait_for_function(
                         "document.querySelectorAll('#recent tbody tr[data-route]').length >= 4",
                         timeout=15_000,
