@@ -62,6 +62,7 @@ class RunningGateway:
     mirror: Mirror
     port: int
     server: uvicorn.Server
+    dashboard: Dashboard | None = None
 
 
 @contextlib.asynccontextmanager
@@ -150,7 +151,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
                     raise GatewayConfigError("the HTTP server stopped at start-up")
                 await asyncio.sleep(0.02)
             port = server.servers[0].sockets[0].getsockname()[1]
-            yield RunningGateway(config, orchestrator, mirror, port, server)
+            yield RunningGateway(config, orchestrator, mirror, port, server, dashboard)
         finally:
             if dashboard is not None:
                 await dashboard.close()  # its event streams would hold the server open

@@ -127,6 +127,23 @@ async def test_traffic_totals_advance_their_watermark_without_losing_rows(tmp_pa
     assert [r["route"] for r in state["recent"]] == ["error", "edge", "cloud"]
 
 
+async def test_a_ledger_made_before_the_dashboard_gets_its_time_index(tmp_path):
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    url = f"sqlite:///{tmp_path}/old.sqlite3"
+    async with Ledger(url) as ledger:
+        await ledger.record(_entry("edge", datetime.now(UTC)))
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_requests_ts"))  # as an older gateway made it
+    async with Ledger(url) as ledger:
+        recent = await ledger.recent(5)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("requests")}
+    engine.dispose()
+    assert "ix_requests_ts" in indexes
+    assert [r.route for r in recent] == ["edge"]
+
+
 # --- a real gateway ------------------------------------------------------------------
 
 
@@ -167,7 +184,7 @@ async def _sse_states(response: httpx.Response) -> AsyncIterator[dict[str, Any]]
 
 async def test_state_and_events_follow_data_streams_and_the_ledger(mosquitto, tmp_path, prefix):
     async with (
-        gateway(mosquitto, tmp_path, prefix, None) as (url, _gw),
+        gateway(mosquitto, tmp_path, prefix, None) as (url, gw),
         BusClient(settings(mosquitto), f"{prefix}-dev") as device,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
@@ -190,6 +207,10 @@ async def test_state_and_events_follow_data_streams_and_the_ledger(mosquitto, tm
             async with asyncio.timeout(10):
                 while not (seen["streams"] and seen["traffic"]["totals"]["errors"]):
                     seen = await anext(states)
+            watching = gw.dashboard._watchers
+        # a closed page stops costing anything: nobody watches, nothing is rebuilt
+        await eventually(lambda: gw.dashboard._watchers == 0, what="watcher gone")
+    assert watching == 1
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
     assert "/dashboard/static/dashboard.js" in page.text
@@ -203,6 +224,26 @@ async def test_state_and_events_follow_data_streams_and_the_ledger(mosquitto, tm
     assert stream["type"] == "accelerometer"
     assert seen["data_stats"]["malformed"] >= 1
     assert seen["traffic"]["errors"][0]["reason"] == "unavailable"
+
+
+async def test_an_open_event_stream_does_not_hold_the_gateway_at_shutdown(
+    mosquitto, tmp_path, prefix
+):
+    # a regression would hang the gateway's exit: fail after 30 s instead
+    async with asyncio.timeout(30), gateway(mosquitto, tmp_path, prefix, None) as (_url, gw):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while b"event: state" not in await reader.readline():
+                pass
+        stopping = time.monotonic()
+    stopped = time.monotonic() - stopping
+    async with asyncio.timeout(5):
+        rest = await reader.read()  # the server ended the stream
+    writer.close()
+    assert stopped < 5
+    assert rest.endswith(b"0\r\n\r\n")  # the chunked stream was ended cleanly
 
 
 # --- the page in a real browser over a real testbed ----------------------------------
@@ -388,6 +429,7 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
                         f'[data-node="{orin}"][data-status="offline"]', timeout=15_000
                     )
                     seen_after = time.monotonic() - killed
+                    print(f"page showed the killed node offline after {seen_after:.2f} s")
                     still = await page.evaluate("window.__notReloaded === true")
                     nodes_kpi = await page.inner_text("#kpi-nodes")
                     pill = await page.inner_text(f'[data-node="{orin}"] [data-role="status"]')
