@@ -2,7 +2,8 @@
 
 The dashboard subscribes ``data/+/+/+`` at QoS 0 and keeps, per topic, what the last
 message said about itself (the ``embedding`` envelope's ``model``, shape and ``meta``:
-``type``, declared ``rate_hz``, ``simulated``...) with the measured arrival rate and
+``type``, ``source`` (``synthetic``, ``live``, ``replay:<dataset>``), declared
+``rate_hz``, ``simulated``) with the measured arrival rate and
 when it was last seen. A message that does not decode is counted and dropped. The
 table is bounded (``max_streams``): the stream seen least recently goes first.
 
@@ -37,6 +38,7 @@ class StreamRow(TypedDict):
     shape: list[int]
     declared_rate_hz: float | None
     rate_hz: float | None
+    source: str | None
     simulated: bool
     last_seen: float  # epoch seconds
     messages: int
@@ -52,6 +54,7 @@ class _Stream:
     model: str | None = None
     shape: list[int] = field(default_factory=list)
     declared_rate_hz: float | None = None
+    source: str | None = None
     simulated: bool = False
     last_seen: float = 0.0
     messages: int = 0
@@ -111,7 +114,8 @@ class StreamTable:
             found.shape = list(message.vector.shape)
             found.type = _text(meta, "type", "sensor", "device_type", "modality")
             found.declared_rate_hz = _number(meta, "rate_hz", "hz")
-            found.simulated = meta.get("simulated") is True
+            found.source = _text(meta, "source")
+            found.simulated = meta.get("simulated") is True or found.source == "synthetic"
         found.last_seen = now
         found.messages += 1
         found.arrivals.append(now)
@@ -131,6 +135,7 @@ class StreamTable:
                 shape=s.shape,
                 declared_rate_hz=s.declared_rate_hz,
                 rate_hz=_rate(s.arrivals),
+                source=s.source,
                 simulated=s.simulated,
                 last_seen=s.last_seen,
                 messages=s.messages,

@@ -56,7 +56,8 @@ def test_stream_table_keeps_metadata_rate_and_counts_bad_messages():
     table = StreamTable(max_streams=2, clock=lambda: now[0])
     topic = data_topic("health", "imu", "watch-1")
     for _ in range(11):
-        assert table.observe(topic, encode(_embedding(type="accelerometer", rate_hz=10)), None)
+        sample = _embedding(type="accelerometer", rate_hz=10, source="synthetic")
+        assert table.observe(topic, encode(sample), None)
         now[0] += 0.1
     assert not table.observe(topic, b"\xff not cbor", None)
     assert not table.observe("computation/x/request", encode(_embedding()), None)
@@ -69,6 +70,8 @@ def test_stream_table_keeps_metadata_rate_and_counts_bad_messages():
     assert row["declared_rate_hz"] == 10
     assert row["rate_hz"] == pytest.approx(10, rel=0.01)
     assert row["messages"] == 11
+    assert row["source"] == "synthetic"
+    assert row["simulated"] is True
     assert table.stats["malformed"] == 3
     # bounded: the stream seen least recently goes first
     table.observe(data_topic("env", "air", "rsu-1"), encode(_embedding(), JSON), JSON)
@@ -308,12 +311,12 @@ async def publish_device_data(broker: MosquittoBroker, stop: asyncio.Event) -> N
         while not stop.is_set():
             window = np.sin(np.linspace(0, 6 * np.pi, 64) + tick) + 0.1 * rng.standard_normal(64)
             spectrum = np.abs(np.fft.rfft(window))[:16].astype(np.float32)
-            meta = {"type": "accelerometer", "rate_hz": 10, "simulated": True}
+            meta = {"type": "accelerometer", "rate_hz": 10, "source": "synthetic"}
             props = publish_properties(content_type=JSON)
             await bus.publish(watch, encode(Embedding(spectrum, "imu-fft16", meta)), qos=0)
             if tick % 10 == 0:
                 air = (spectrum[:8] / (spectrum.max() or 1)).astype(np.float32)
-                meta = {"type": "pm2.5 + NO2", "rate_hz": 1, "simulated": True}
+                meta = {"type": "air_quality", "rate_hz": 1, "source": "synthetic"}
                 await bus.publish(
                     rsu, encode(Embedding(air, "aq-encoder", meta), JSON), qos=0, properties=props
                 )

@@ -155,9 +155,10 @@ function renderStreams(state) {
     const ok = fresh(s);
     const rate = s.rate_hz ?? s.declared_rate_hz;
     return h("tr", { class: ok ? "" : "stale", "data-agent": s.agent_id, "data-stream": s.stream },
-      h("td", { class: "dev" }, first ? [s.agent_id, s.simulated ? h("span", { class: "badge" }, "simulated") : null] : ""),
+      h("td", { class: "dev" }, first ? [s.agent_id, s.simulated ? h("span", { class: "badge" }, "simulated")
+        : (s.source || "").startsWith("replay:") ? h("span", { class: "badge", title: s.source }, "replayed") : null] : ""),
       h("td", {}, h("div", {}, s.stream), h("div", { class: "sub small" }, s.domain)),
-      h("td", {}, s.type || s.kind),
+      h("td", {}, h("div", {}, s.type || s.kind), s.source ? h("div", { class: "sub small" }, s.source) : null),
       h("td", { class: "sub" }, s.model || "–"),
       h("td", { class: "num" }, s.shape.length ? s.shape.join("×") : "–"),
       h("td", { class: "num" }, rate === null || rate === undefined ? "–" : num(rate, rate < 10 ? 1 : 0) + " Hz"),
