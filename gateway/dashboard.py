@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self, TypedDict
@@ -68,9 +69,25 @@ class DashboardState(TypedDict):
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _scalar(value: Any) -> str | float | None:
+    """A birth field as JSON can carry it: a finite number, a string, or ``None``."""
+    if value is None or isinstance(value, str):
+        return value
+    number = _number(value)
+    return number if number is not None else str(value)[:64]
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v)[:64] for v in value] if isinstance(value, list | tuple) else []
 
 
 def _int(value: Any) -> int | None:
@@ -94,8 +111,8 @@ def node_rows(mirror: Mirror, directory: NodeDirectory | None = None) -> list[No
         raw = mirror.get(node_key(node_id, "load"))
         load: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         view = directory.view(node_id) if directory is not None else None
-        models = [m for m in info.get("models", ()) if isinstance(m, Mapping)]
-        device = str(info.get("device") or "")
+        models = [m for m in _list(info.get("models")) if isinstance(m, Mapping)]
+        device = str(info.get("device") or "")[:128]
         draining = load.get("draining") is True
         counters = metrics.get(node_id, {})
         rows.append(
@@ -106,13 +123,13 @@ def node_rows(mirror: Mirror, directory: NodeDirectory | None = None) -> list[No
                 reason=status.reason,
                 device=device,
                 simulated="simulated" in device or any(m.get("simulated") for m in models),
-                engine=str(info["engine"]) if "engine" in info else None,
+                engine=str(info["engine"])[:32] if "engine" in info else None,
                 models=[
-                    {k: m.get(k) for k in ("id", "parameters", "quantization", "profile")}
+                    {k: _scalar(m.get(k)) for k in ("id", "parameters", "quantization", "profile")}
                     for m in models
                 ],
-                capabilities=[str(c) for c in info.get("capabilities", ())],
-                expertise=[str(e) for e in info.get("expertise", ())],
+                capabilities=_strings(info.get("capabilities")),
+                expertise=_strings(info.get("expertise")),
                 slots=view.slots if view else _int(load.get("slots")),
                 in_flight=view.in_flight
                 if view and view.load_known

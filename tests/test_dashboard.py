@@ -22,8 +22,18 @@ import httpx
 import numpy as np
 import pytest
 
-from broker import JSON, BusClient, Cms, Embedding, MosquittoBroker, encode, publish_properties
-from broker.topics import cms_key, data_topic
+from broker import (
+    JSON,
+    Birth,
+    BusClient,
+    Cms,
+    Embedding,
+    MosquittoBroker,
+    State,
+    encode,
+    publish_properties,
+)
+from broker.topics import cms_key, data_topic, node_key
 from edgecollab.cloud_standin import CLOUD_MODEL
 from gateway.config import GatewayConfig
 from gateway.data_streams import StreamTable
@@ -227,6 +237,31 @@ async def test_state_and_events_follow_data_streams_and_the_ledger(mosquitto, tm
     assert stream["type"] == "accelerometer"
     assert seen["data_stats"]["malformed"] >= 1
     assert seen["traffic"]["errors"][0]["reason"] == "unavailable"
+
+
+async def test_a_hand_written_odd_birth_is_shown_not_fatal(mosquitto, tmp_path, prefix):
+    node = f"{prefix}-odd"
+    info = {"capabilities": "chat", "models": {"id": "x"}, "device": ["not", "text"]}
+    async with (
+        gateway(mosquitto, tmp_path, prefix, None) as (url, gw),
+        BusClient(settings(mosquitto), f"{prefix}-op") as op,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        cms = Cms(op)
+        await cms.put_message(node_key(node, "birth"), Birth(1, info, time.time()))
+        await cms.put_message(node_key(node, "state"), State(True, 1, time.time()))
+        try:
+            await eventually(lambda: gw.mirror.entry(node_key(node, "state")) is not None)
+            got = await http.get("/dashboard/state")
+        finally:
+            await cms.delete(node_key(node, "birth"))
+            await cms.delete(node_key(node, "state"))
+    assert got.status_code == 200
+    [row] = [n for n in got.json()["nodes"] if n["id"] == node]
+    assert row["online"] is True
+    assert row["capabilities"] == []
+    assert row["models"] == []
+    assert row["capacity_tps"] is None  # the scheduler ignores it (no limits): shown anyway
 
 
 async def test_an_open_event_stream_does_not_hold_the_gateway_at_shutdown(
