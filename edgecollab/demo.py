@@ -110,7 +110,10 @@ async def _demo(port: int, question: str, serve: bool, ledger_dir: Path) -> int:
             await _malformed_request(bus)
             await _live_parameter(rpc)
             await _show_cms(bus)
-            await _through_gateway(port, bus, ledger_dir, serve)
+            await _through_gateway(port, bus, ledger_dir)
+        if serve:
+            print(f"\nTestbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
+            await asyncio.Event().wait()
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -225,7 +228,7 @@ async def _show_cms(bus: BusClient) -> None:
                 print(f"  {key} = {json.dumps(entry.value, separators=(',', ':'))}")
 
 
-async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path, serve: bool) -> None:
+async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path) -> None:
     with running_cloud_server() as cloud_url:
         config = GatewayConfig.model_validate(
             {
@@ -275,18 +278,14 @@ async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path, serve: b
             finally:
                 await client.close()
                 await Cms(bus).delete(key)
-            print("\nledger (edgecollab ledger report):")
-            async with Ledger(config.ledger_url) as ledger:
-                for row in await ledger.summary():
-                    print(
-                        f"  {row.tenant}: {row.requests} requests, edge {row.edge}, "
-                        f"cloud {row.cloud}, cache {row.cache}, cloud cost ${row.cost_usd:.4f}, "
-                        f"edge saved ${row.savings_usd:.4f}"
-                    )
-            print(f"\ndashboard: http://127.0.0.1:{gw.port}/dashboard")
-            if serve:
-                print(f"Testbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
-                await asyncio.Event().wait()
+        print("\nledger (edgecollab ledger report):")
+        async with Ledger(config.ledger_url) as ledger:
+            for row in await ledger.summary():
+                print(
+                    f"  {row.tenant}: {row.requests} requests, edge {row.edge}, "
+                    f"cloud {row.cloud}, cache {row.cache}, cloud cost ${row.cost_usd:.4f}, "
+                    f"edge saved ${row.savings_usd:.4f}"
+                )
 
 
 def run_up(args: argparse.Namespace) -> int:

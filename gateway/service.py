@@ -217,6 +217,8 @@ async def _serve(config: GatewayConfig) -> None:
             f"(policy {config.policy}, broker {config.bus.host}:{config.bus.port})",
             flush=True,
         )
+        if gw.dashboard is not None:
+            print(f"dashboard: http://{config.http_host}:{gw.port}/dashboard", flush=True)
         await stop.wait()
 
 
