@@ -9,8 +9,10 @@ A :class:`Dashboard` builds one JSON-shaped snapshot (:class:`DashboardState`) f
 
 While someone watches (an open ``/dashboard/events`` stream), a background task
 rebuilds the snapshot when the CMS or a data stream changes (at most every
-``min_interval_s``) and re-reads the ledger every ``ledger_poll_s``; watchers get a
-snapshot whenever it differs from the last one. Nobody watching, nothing runs.
+``min_interval_s``, and one more second per ``bytes_per_s`` of snapshot, so that a
+large cluster's page is not re-sent several times a second) and re-reads the ledger
+every ``ledger_poll_s``; watchers get a snapshot whenever it differs from the last
+one. Nobody watching, nothing runs.
 A ledger that fails keeps the last traffic figures and says why (``ledger_error``).
 """
 
@@ -168,6 +170,7 @@ class Dashboard:
         about: Mapping[str, Any] | None = None,
         ledger_poll_s: float = 1.0,
         min_interval_s: float = 0.3,
+        bytes_per_s: int = 200_000,
     ) -> None:
         self.bus = bus
         self.mirror = mirror
@@ -176,6 +179,7 @@ class Dashboard:
         self.traffic = Traffic(ledger)
         self.ledger_poll_s = ledger_poll_s
         self.min_interval_s = min_interval_s
+        self.bytes_per_s = bytes_per_s
         self.data = DataFollower(bus, on_change=self._touch)
         self._traffic_state: TrafficState = summarise({}, 0, [])
         self._traffic_at = -float("inf")
@@ -276,7 +280,7 @@ class Dashboard:
                 await self._rebuild()
             except Exception:  # the dashboard must not take the gateway down
                 logger.exception("dashboard refresh failed")
-            await asyncio.sleep(self.min_interval_s)
+            await asyncio.sleep(self.min_interval_s + len(self._comparable) / self.bytes_per_s)
 
     async def _rebuild(self) -> None:
         async with self._build_lock:
