@@ -11,11 +11,13 @@ from broker.errors import (
     BusError,
     CodecError,
     ErrorCode,
+    MissingDependency,
     NotConnected,
     PayloadTooLarge,
     RpcError,
     RpcTimeout,
     TopicError,
+    VectorError,
 )
 from broker.launcher import MosquittoBroker, free_port
 from broker.messages import (
@@ -36,6 +38,7 @@ from broker.messages import (
 from broker.presence import NodeStatus, Presence, node_status, nodes_from
 from broker.rpc import Request, RpcClient, RpcServer
 from broker.settings import BusSettings, TlsSettings
+from broker.vectors import Hit, VectorIndex
 
 __all__ = [
     "CBOR",
@@ -58,8 +61,10 @@ __all__ = [
     "Entry",
     "ErrorCode",
     "ErrorReply",
+    "Hit",
     "Inbound",
     "Mirror",
+    "MissingDependency",
     "MosquittoBroker",
     "NodeStatus",
     "NotConnected",
@@ -76,6 +81,8 @@ __all__ = [
     "TlsSettings",
     "TopicError",
     "Usage",
+    "VectorError",
+    "VectorIndex",
     "Will",
     "WireMessage",
     "decode",
