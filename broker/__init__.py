@@ -6,6 +6,8 @@ Every other package imports this one; it imports none of them.
 from broker.client import BusClient, Inbound, Subscription, Will, publish_properties
 from broker.cms import Cms, CmsEntry, CmsEvent, Mirror
 from broker.codec import CBOR, JSON, MAX_PAYLOAD_BYTES, decode, encode
+from broker.data import Event, SampleMeta
+from broker.datafollow import DataFollower, EventRecord, FollowerStats, Sample
 from broker.errors import (
     BrokerLaunchError,
     BusError,
@@ -56,11 +58,15 @@ __all__ = [
     "CmsEntry",
     "CmsEvent",
     "CodecError",
+    "DataFollower",
     "Embed",
     "Embedding",
     "Entry",
     "ErrorCode",
     "ErrorReply",
+    "Event",
+    "EventRecord",
+    "FollowerStats",
     "Hit",
     "Inbound",
     "Mirror",
@@ -76,6 +82,8 @@ __all__ = [
     "RpcError",
     "RpcServer",
     "RpcTimeout",
+    "Sample",
+    "SampleMeta",
     "State",
     "Subscription",
     "TlsSettings",
