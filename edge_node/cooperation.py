@@ -225,6 +225,8 @@ class Cooperation:
                     "sequence": s.meta.sequence,
                     "timestamp": s.meta.timestamp,
                     "source": s.meta.source,
+                    "values": {k: round(v, 3) for k, v in s.meta.summary.items()},
+                    "units": dict(s.meta.units),
                 }
                 for s in used
             ],

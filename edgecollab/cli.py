@@ -14,6 +14,7 @@ from broker.broker_cli import add_broker_parser
 from broker.cms_cli import add_cms_parser
 from edge_node.cli import add_node_parser
 from edgecollab.demo import add_up_parser
+from edgecollab.scenarios.cli import add_scenario_parser
 from gateway.ledger_cli import add_ledger_parser
 from gateway.service import add_gateway_parser
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_parser(commands)
     add_gateway_parser(commands)
     add_ledger_parser(commands)
+    add_scenario_parser(commands)
     return parser
 
 

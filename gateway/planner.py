@@ -242,6 +242,7 @@ def make_plan(
     task_id: str | None = None,
     subtask_deadline_s: float | None = None,
     quorum: int | None = None,
+    max_tokens: int | None = None,
 ) -> Plan:
     """A plan for ``query`` from the named template, or the one :func:`choose_template` picks."""
     name = template or choose_template(query, domain)
@@ -255,6 +256,14 @@ def make_plan(
         changes["subtask_deadline_s"] = subtask_deadline_s
     if quorum is not None:
         changes["quorum"] = quorum
+    if max_tokens is not None:  # a cap on every step (short runs, tests)
+
+        def capped(step: Subtask) -> Subtask:
+            return replace(step, max_tokens=min(step.max_tokens, max_tokens))
+
+        changes["steps"] = tuple(capped(s) for s in plan.steps)
+        if plan.aggregate is not None:
+            changes["aggregate"] = capped(plan.aggregate)
     return replace(plan, **changes) if changes else plan
 
 
