@@ -16,6 +16,7 @@ from edge_node.cli import add_node_parser
 from edgecollab.demo import add_up_parser
 from gateway.ledger_cli import add_ledger_parser
 from gateway.service import add_gateway_parser
+from wearables.cli import add_sensor_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_parser(commands)
     add_gateway_parser(commands)
     add_ledger_parser(commands)
+    add_sensor_parser(commands)
     return parser
 
 
