@@ -128,6 +128,9 @@ class Cooperation:
         return replace(result, meta={**result.meta, **extra}) if extra else result
 
     def _gap(self, domain: str | None) -> str | None:
+        """Why ``domain`` is a gap here; ``None`` without one (or without knowledge cooperation)."""
+        if self.config.knowledge is None:
+            return None
         if domain is None or domain == GENERAL or domain in self.expertise:
             return None
         mine = ", ".join(sorted(self.expertise)) or "none"

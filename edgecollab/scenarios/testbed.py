@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import BusSettings
+from broker import BusSettings, DataFollower
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.base import Engine
@@ -88,12 +88,11 @@ class Testbed:
                 follower = None if coop is None else coop.follower
                 if follower is None:
                     raise ValueError(f"{node_id} follows no data")
-                await follower.wait_for(
-                    lambda f=follower, want=set(streams): (
-                        want <= {s.stream for s in f.latest_samples()}
-                    ),
-                    timeout,
-                )
+                await follower.wait_for(_has_streams(follower, set(streams)), timeout)
+
+
+def _has_streams(follower: DataFollower, want: set[str]) -> Callable[[], bool]:
+    return lambda: want <= {s.stream for s in follower.latest_samples()}
 
 
 def device_config(name: str, bus: BusSettings, speed: float, **changes: Any) -> SensorConfig:
