@@ -190,8 +190,9 @@ def event_risk(query: str, task_id: str) -> Plan:
         ),
         aggregate=Subtask(
             "aggregate",
-            "Task: {query}\nAssessments from edge agents:\n{previous}\nCombine them into one "
-            "short overall risk evaluation with a go / no-go recommendation.",
+            "Task: {query}\nAssessments from edge agents:\n{previous}\nIn three sentences, "
+            "name the main risks they found, then say whether the event should go ahead and "
+            "with which precautions.",
             domain="environment",
             max_tokens=128,
         ),
