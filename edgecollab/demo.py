@@ -332,7 +332,8 @@ def _closing_summary(
     )
     for s in summaries:
         cloud = ", ".join(s.cloud_steps) or "nothing"
-        extra = f"; report {s.artefact}" if s.artefact else ""
+        extra = f"; experts consulted: {', '.join(s.consulted)}" if s.consulted else ""
+        extra += f"; report {s.artefact}" if s.artefact else ""
         print(
             f"  {s.name} ({s.mode}): {s.status}, {s.steps} subtasks by {', '.join(s.agents)}; "
             f"{s.latency_s:.1f} s, {s.tokens} tokens; cloud: {cloud}{extra}"

@@ -136,8 +136,9 @@ def health_check(query: str, task_id: str) -> Plan:
             ),
             Subtask(
                 "motion",
-                "The wearer says: {query}\nThe vitals agent found: {previous}\nFrom your "
-                "recent motion readings, add in two sentences what the wearer's movement shows.",
+                "The wearer says: {query}\nEarlier agents reported:\n{previous}\nNow describe "
+                "only the wearer's movement (walking, resting, freezing episodes) from your "
+                "motion readings, in two sentences.",
                 expertise="motion",
                 domain="health",
                 edge_only=True,

@@ -23,6 +23,7 @@ class ScenarioSummary:
     latency_s: float
     tokens: int
     cloud_steps: tuple[str, ...]
+    consulted: tuple[str, ...] = ()  # experts asked through knowledge cooperation
     artefact: str | None = None
 
     @classmethod
@@ -36,6 +37,15 @@ class ScenarioSummary:
             latency_s=outcome.latency_ms / 1e3,
             tokens=outcome.tokens,
             cloud_steps=tuple(outcome.cloud_steps),
+            consulted=tuple(
+                sorted(
+                    {
+                        str(k["peer"])
+                        for s in outcome.steps
+                        if isinstance(k := s.meta.get("knowledge"), dict) and k.get("peer")
+                    }
+                )
+            ),
             artefact=artefact,
         )
 
