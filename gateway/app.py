@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import (
@@ -71,8 +71,12 @@ def create_app(
     models: Callable[[], list[str]],
     healthy: Callable[[], dict[str, Any]],
     max_body_bytes: int = 1 << 20,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
+    """The gateway's HTTP app; ``routers`` add pages such as ``/dashboard``."""
     app = FastAPI(title="edgecollab gateway", version="0.1.0")
+    for router in routers:
+        app.include_router(router)
     registry = CollectorRegistry()
     requests = Counter(
         "edgecollab_requests_total",

@@ -46,6 +46,7 @@ class GatewayConfig(BaseModel):
     cache_enabled: bool = Field(True, description="semantic cache of answers")
     cache_ttl_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="HTTP request size limit")
+    dashboard: bool = Field(True, description="serve the live dashboard at /dashboard")
 
     @field_validator("gateway_id")
     @classmethod

@@ -95,6 +95,7 @@ class RequestRow(Base):
     __tablename__ = "requests"
     __table_args__ = (
         sa.Index("ix_requests_tenant_ts", "tenant", "ts"),
+        sa.Index("ix_requests_ts", "ts"),  # the dashboard's time windows and recent list
         sa.CheckConstraint(
             "route IN ('edge', 'cloud', 'cache', 'error')", name="ck_requests_route"
         ),
@@ -163,6 +164,20 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Breakdown:
+    """Totals of the requests sharing a policy, route, escalation reason and status."""
+
+    policy: str
+    route: str
+    escalation: str | None
+    status: str
+    requests: int
+    tokens: int
+    cost_usd: float
+    cloud_equivalent_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class TenantSummary:
     """Per-tenant totals; ``savings_usd`` is the cloud equivalent of edge and cache answers."""
 
@@ -191,6 +206,7 @@ def _sum(column: Any, *routes: str) -> Any:
 
 
 _TOKENS = RequestRow.prompt_tokens + RequestRow.completion_tokens
+_TABLE: sa.Table = RequestRow.__table__  # type: ignore[assignment]  # a Table, typed FromClause
 
 
 class Ledger:
@@ -284,6 +300,8 @@ class Ledger:
                 if self.schema is not None:
                     conn.execute(CreateSchema(self.schema, if_not_exists=True))
             Base.metadata.create_all(conn)
+            for index in _TABLE.indexes:  # indexes added after the table was created
+                index.create(conn, checkfirst=True)
 
     async def close(self) -> None:
         """Release the connections; the ledger cannot be used afterwards."""
@@ -330,3 +348,37 @@ class Ledger:
         return [
             TenantSummary(r[0], *(int(v) for v in r[1:7]), *(float(v) for v in r[7:])) for r in rows
         ]
+
+    async def breakdown(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Breakdown]:
+        """Totals grouped by policy, route, escalation reason and status, ``since <= ts < until``.
+
+        One aggregate query; with bounds it reads only that range of the ``ts`` index.
+        """
+        keys = (RequestRow.policy, RequestRow.route, RequestRow.escalation_reason)
+        money = (_sum(RequestRow.cost_usd), _sum(RequestRow.cloud_equivalent_usd))
+        columns = (*keys, RequestRow.status, sa.func.count(), _sum(_TOKENS), *money)
+        stmt = sa.select(*columns).group_by(*keys, RequestRow.status)
+        if since is not None:
+            stmt = stmt.where(RequestRow.ts >= since)
+        if until is not None:
+            stmt = stmt.where(RequestRow.ts < until)
+        rows = await self._run("summarising", lambda c: c.execute(stmt).all())
+        return [
+            Breakdown(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]))
+            for r in rows
+        ]
+
+    async def recent(self, limit: int = 20) -> list[LedgerEntry]:
+        """The ``limit`` newest requests, newest first."""
+        if not 0 < limit <= 1000:
+            raise ValueError(f"limit must be 1..1000, got {limit}")
+        stmt = sa.select(_TABLE).order_by(RequestRow.ts.desc()).limit(limit)
+        names = [f.name for f in dataclasses.fields(LedgerEntry)]
+
+        def read(conn: sa.Connection) -> list[LedgerEntry]:
+            rows = conn.execute(stmt).mappings().all()
+            return [LedgerEntry(**{n: r[n] for n in names}) for r in rows]
+
+        return await self._run("reading recent requests", read)

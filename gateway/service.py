@@ -40,6 +40,8 @@ from gateway.app import create_app
 from gateway.books import LedgerBooks
 from gateway.cloud import CloudClient
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
+from gateway.dashboard import Dashboard
+from gateway.dashboard_http import dashboard_router
 from gateway.ledger import Ledger, LedgerError
 from gateway.nodes import NodeDirectory
 from gateway.orchestrator import GatewayError, Orchestrator, Query
@@ -60,6 +62,7 @@ class RunningGateway:
     mirror: Mirror
     port: int
     server: uvicorn.Server
+    dashboard: Dashboard | None = None
 
 
 @contextlib.asynccontextmanager
@@ -106,8 +109,30 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
             online = [n for n, s in nodes_from(mirror.items("slm/nodes")).items() if s.online]
             return {"ok": bus.is_connected, "broker": bus.is_connected, "edge_nodes": online}
 
+        dashboard = (
+            await stack.enter_async_context(
+                Dashboard(
+                    bus=bus,
+                    mirror=mirror,
+                    ledger=ledger,
+                    directory=directory,
+                    about={
+                        "id": config.gateway_id,
+                        "policy": config.policy,
+                        "capability": config.capability,
+                        "cloud_model": config.cloud.model if config.cloud.enabled else None,
+                    },
+                )
+            )
+            if config.dashboard
+            else None
+        )
         app = create_app(
-            orchestrator, models=models, healthy=healthy, max_body_bytes=config.max_body_bytes
+            orchestrator,
+            models=models,
+            healthy=healthy,
+            max_body_bytes=config.max_body_bytes,
+            routers=[dashboard_router(dashboard)] if dashboard else [],
         )
         server = uvicorn.Server(
             uvicorn.Config(
@@ -126,8 +151,10 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
                     raise GatewayConfigError("the HTTP server stopped at start-up")
                 await asyncio.sleep(0.02)
             port = server.servers[0].sockets[0].getsockname()[1]
-            yield RunningGateway(config, orchestrator, mirror, port, server)
+            yield RunningGateway(config, orchestrator, mirror, port, server, dashboard)
         finally:
+            if dashboard is not None:
+                await dashboard.close()  # its event streams would hold the server open
             server.should_exit = True
             await serving
 
@@ -190,6 +217,8 @@ async def _serve(config: GatewayConfig) -> None:
             f"(policy {config.policy}, broker {config.bus.host}:{config.bus.port})",
             flush=True,
         )
+        if gw.dashboard is not None:
+            print(f"dashboard: http://{config.http_host}:{gw.port}/dashboard", flush=True)
         await stop.wait()
 
 

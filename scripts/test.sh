@@ -9,6 +9,19 @@ section() { printf '\n==== %s ====\n' "$*"; }
 
 section "setup"
 bash scripts/setup.sh all,dev
+# The dashboard is tested in a real headless browser: Debian's chromium, driven by
+# Playwright's Python package (which never downloads a browser of its own).
+if command -v chromium >/dev/null 2>&1; then
+    echo "chromium: $(command -v chromium)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium for the dashboard's browser test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium fonts-liberation >/dev/null
+else
+    echo "chromium is missing, so the dashboard's browser test will be skipped; install it with:"
+    echo "    sudo apt-get update && sudo apt-get install -y chromium fonts-liberation"
+fi
 section "ruff check"
 .venv/bin/ruff check .
 section "ruff format --check"
