@@ -6,16 +6,20 @@ Every other package imports this one; it imports none of them.
 from broker.client import BusClient, Inbound, Subscription, Will, publish_properties
 from broker.cms import Cms, CmsEntry, CmsEvent, Mirror
 from broker.codec import CBOR, JSON, MAX_PAYLOAD_BYTES, decode, encode
+from broker.data import Event, SampleMeta
+from broker.datafollow import DataFollower, EventRecord, FollowerStats, Sample
 from broker.errors import (
     BrokerLaunchError,
     BusError,
     CodecError,
     ErrorCode,
+    MissingDependency,
     NotConnected,
     PayloadTooLarge,
     RpcError,
     RpcTimeout,
     TopicError,
+    VectorError,
 )
 from broker.launcher import MosquittoBroker, free_port
 from broker.messages import (
@@ -36,6 +40,7 @@ from broker.messages import (
 from broker.presence import NodeStatus, Presence, node_status, nodes_from
 from broker.rpc import Request, RpcClient, RpcServer
 from broker.settings import BusSettings, TlsSettings
+from broker.vectors import Hit, VectorIndex
 
 __all__ = [
     "CBOR",
@@ -53,13 +58,19 @@ __all__ = [
     "CmsEntry",
     "CmsEvent",
     "CodecError",
+    "DataFollower",
     "Embed",
     "Embedding",
     "Entry",
     "ErrorCode",
     "ErrorReply",
+    "Event",
+    "EventRecord",
+    "FollowerStats",
+    "Hit",
     "Inbound",
     "Mirror",
+    "MissingDependency",
     "MosquittoBroker",
     "NodeStatus",
     "NotConnected",
@@ -71,11 +82,15 @@ __all__ = [
     "RpcError",
     "RpcServer",
     "RpcTimeout",
+    "Sample",
+    "SampleMeta",
     "State",
     "Subscription",
     "TlsSettings",
     "TopicError",
     "Usage",
+    "VectorError",
+    "VectorIndex",
     "Will",
     "WireMessage",
     "decode",

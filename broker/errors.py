@@ -9,6 +9,8 @@ the socket layer, cbor2 and the operating system are mapped at the boundary and 
     │   └── PayloadTooLarge the payload exceeds the size limit
     ├── BrokerLaunchError   Mosquitto could not be found, started or stopped
     ├── NotConnected        no broker connection within the caller's deadline
+    ├── VectorError         a vector or vector-index call is invalid (dimension, filter)
+    ├── MissingDependency   an optional package (an extra) is not installed
     └── RpcError            a remote call failed; ``code`` is an :class:`ErrorCode`
         └── RpcTimeout      no reply before the deadline (code ``expired``)
 """
@@ -67,6 +69,14 @@ class BrokerLaunchError(BusError):
 
 class NotConnected(BusError):
     """The client has no broker connection and none came back before the deadline."""
+
+
+class VectorError(BusError, ValueError):
+    """A vector has the wrong shape or values, or a search filter is malformed."""
+
+
+class MissingDependency(BusError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
 
 
 class RpcError(BusError):

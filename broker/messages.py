@@ -13,8 +13,9 @@ from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from broker.errors import CodecError, ErrorCode
+from broker.errors import CodecError, ErrorCode, TopicError
 from broker.fields import FieldReader, check_plain, check_text
+from broker.topics import validate_id
 
 SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant", "tool")
@@ -226,9 +227,15 @@ class Chat:
     stop: tuple[str, ...] = ()
     stream: bool = False
     model: str | None = None
+    domain: str | None = None  # the classified domain (gateway), for expertise and gaps
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.domain is not None:
+            try:
+                validate_id(self.domain, "chat.domain")
+            except TopicError as exc:
+                raise CodecError(str(exc)) from None
         if not self.messages:
             raise CodecError("chat.messages must not be empty")
         if not 1 <= self.max_tokens <= 1 << 20:
@@ -255,7 +262,7 @@ class Chat:
             "max_tokens": self.max_tokens,
             "stream": self.stream,
         }
-        for name in ("temperature", "top_p", "top_k", "model"):
+        for name in ("temperature", "top_p", "top_k", "model", "domain"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -280,6 +287,7 @@ class Chat:
             stop=tuple(stop),
             stream=r.flag("stream"),
             model=r.opt_string("model", max_len=MAX_NAME),
+            domain=r.opt_string("domain", max_len=64),
             meta=r.mapping("meta"),
         )
         r.finish()

@@ -81,6 +81,11 @@ def knowledge_query_topic(domain: str) -> str:
     return f"{KNOWLEDGE_ROOT}/{validate_id(domain, 'domain')}/query"
 
 
+def knowledge_shared_filter(domain: str) -> str:
+    """The shared subscription through which one expert in ``domain`` takes each query."""
+    return f"$share/{KNOWLEDGE_ROOT}/{knowledge_query_topic(domain)}"
+
+
 def reply_topic(client_id: str, *rest: str) -> str:
     """``reply/{client_id}/...``: where answers to ``client_id`` go."""
     parts = [REPLY_ROOT, validate_id(client_id, "client id")]

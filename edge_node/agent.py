@@ -34,9 +34,16 @@ from broker import (
     Subscription,
     Usage,
 )
-from broker.topics import capability_shared_filter, cms_key, node_key, node_request_topic
+from broker.topics import (
+    capability_shared_filter,
+    cms_key,
+    knowledge_shared_filter,
+    node_key,
+    node_request_topic,
+)
 from edge_node.admission import Admission, Ticket
 from edge_node.config import NodeConfig
+from edge_node.cooperation import Cooperation, open_cooperation
 from edge_node.engines.base import Engine, EngineError, Generation, GenerationRequest, Sampling
 from edge_node.metrics import NodeMetrics, load_record
 
@@ -63,19 +70,31 @@ class NodeAgent:
         self._params_mirror: Mirror | None = None
         self._running: set[asyncio.Future[Generation]] = set()
         self.ready = asyncio.Event()
+        self.cooperation: Cooperation | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         try:
-            async with BusClient(cfg.bus, cfg.node_id, will=self.presence.will) as bus:
+            async with (
+                BusClient(cfg.bus, cfg.node_id, will=self.presence.will) as bus,
+                contextlib.AsyncExitStack() as stack,
+            ):
                 cms = Cms(bus)
+                self.cooperation = await open_cooperation(
+                    stack, cfg, self.engine, bus, self.answer_chat
+                )
                 async with cms.mirror(cms_key("parameters", self.model_id)) as params:
                     self._params_mirror = params
                     server = RpcServer(bus)
                     self.server = server
                     subs = [await server.serve(node_request_topic(cfg.node_id), self._handle)]
+                    if self.cooperation is not None and cfg.knowledge is not None:
+                        for domain in cfg.expertise:  # experts answer their peers' gaps
+                            subs.append(
+                                await server.serve(knowledge_shared_filter(domain), self._query)
+                            )
                     pools = [*cfg.capabilities]
                     if self.engine.supports_embeddings and "embed" not in pools:
                         pools.append("embed")
@@ -124,6 +143,17 @@ class NodeAgent:
             raise RpcError(
                 ErrorCode.BAD_REQUEST, f"expected a chat or embed request, got {body.KIND}"
             )
+        if self.cooperation is not None:
+            return await self.cooperation.answer(req, body)
+        return await self.answer_chat(req, body)
+
+    async def _query(self, req: Request) -> Result:
+        self.metrics.requests_total += 1
+        assert self.cooperation is not None
+        return await self.cooperation.serve_query(req)
+
+    async def answer_chat(self, req: Request, body: Chat) -> Result:
+        """Admit, generate and describe one chat answer (cooperation builds on this)."""
         ticket = self._admit(body)
         request = GenerationRequest(body.messages, body.max_tokens, self._sampling(body), body.stop)
         gen = await self._generate(req, request, ticket, stream=body.stream)

