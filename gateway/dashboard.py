@@ -29,7 +29,7 @@ from typing import Any, Self, TypedDict
 
 from broker import BusClient, Mirror, nodes_from
 from broker.topics import node_key
-from gateway.data_streams import DataFollower, StreamRow
+from gateway.data_streams import DataFollower, EventRow, StreamRow
 from gateway.ledger import Ledger, LedgerError
 from gateway.nodes import NodeDirectory
 from gateway.traffic import Traffic, TrafficState, summarise
@@ -65,6 +65,8 @@ class DashboardState(TypedDict):
     gateway: dict[str, Any]
     nodes: list[NodeRow]
     streams: list[StreamRow]
+    devices: dict[str, dict[str, Any]]
+    events: list[EventRow]
     data_stats: dict[str, int]
     traffic: TrafficState
     ledger_error: str | None
@@ -151,6 +153,29 @@ def node_rows(mirror: Mirror, directory: NodeDirectory | None = None) -> list[No
             )
         )
     return rows
+
+
+def device_infos(mirror: Mirror) -> dict[str, dict[str, Any]]:
+    """What devices say about themselves in ``slm/devices/{agent}/info``."""
+    found: dict[str, dict[str, Any]] = {}
+    for key, entry in mirror.items("slm/devices"):
+        parts, info = key.split("/"), entry.value
+        if len(parts) != 4 or parts[3] != "info" or not isinstance(info, Mapping):
+            continue
+        location = info.get("location")
+        location = location if isinstance(location, Mapping) else {}
+        place = [location.get(k) for k in ("site", "placement")]
+        found[parts[2]] = {
+            "device": str(info.get("device") or "")[:64] or None,
+            "simulated": info.get("simulated") is True,
+            "place": " · ".join(str(p)[:48] for p in place if p) or None,
+            "streams": [
+                str(s.get("stream"))[:64]
+                for s in _list(info.get("streams"))
+                if isinstance(s, Mapping) and s.get("stream")
+            ],
+        }
+    return found
 
 
 def _comparable(state: DashboardState) -> str:
@@ -267,7 +292,7 @@ class Dashboard:
 
     async def _follow_cms(self) -> None:
         async for event in self.mirror.changes():
-            if event.key.startswith(("slm/nodes/", "slm/metrics/")):
+            if event.key.startswith(("slm/nodes/", "slm/metrics/", "slm/devices/")):
                 self._dirty.set()
 
     async def _refresh(self) -> None:
@@ -297,6 +322,8 @@ class Dashboard:
                 gateway={**self.about, "broker_connected": self.bus.is_connected},
                 nodes=node_rows(self.mirror, self.directory),
                 streams=self.data.table.rows(),
+                devices=device_infos(self.mirror),
+                events=self.data.table.events(),
                 data_stats=dict(self.data.table.stats),
                 traffic=self._traffic_state,
                 ledger_error=self._ledger_error,

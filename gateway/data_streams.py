@@ -3,9 +3,11 @@
 The dashboard subscribes ``data/+/+/+`` at QoS 0 and keeps, per topic, what the last
 message said about itself (the ``embedding`` envelope's ``model``, shape and ``meta``:
 ``type``, ``source`` (``synthetic``, ``live``, ``replay:<dataset>``), declared
-``rate_hz``, ``simulated``) with the measured arrival rate and
-when it was last seen. A message that does not decode is counted and dropped. The
-table is bounded (``max_streams``): the stream seen least recently goes first.
+``rate_hz``, ``simulated``, ``location``) with the measured arrival rate and when it
+was last seen; ``event`` messages (detectors' findings, on ``data/{domain}/events/...``)
+go to a bounded list of recent events instead. A message that does not decode is
+counted and dropped. The table is bounded (``max_streams``): the stream seen least
+recently goes first.
 
 This is deliberately tiny; a shared data follower in ``broker/`` should replace it
 once one exists.
@@ -21,7 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self, TypedDict
 
-from broker import BusClient, CodecError, Embedding, Inbound, Subscription, TopicError, decode
+from broker import (
+    BusClient,
+    CodecError,
+    Embedding,
+    Event,
+    Inbound,
+    Subscription,
+    TopicError,
+    decode,
+)
 from broker.topics import data_filter, parse_topic
 
 logger = logging.getLogger(__name__)
@@ -39,9 +50,21 @@ class StreamRow(TypedDict):
     declared_rate_hz: float | None
     rate_hz: float | None
     source: str | None
+    place: str | None  # meta.location: site, placement
     simulated: bool
     last_seen: float  # epoch seconds
     messages: int
+
+
+class EventRow(TypedDict):
+    agent_id: str
+    domain: str
+    type: str
+    stream: str
+    phase: str
+    severity: str
+    message: str
+    received: float  # epoch seconds
 
 
 @dataclass(slots=True)
@@ -55,6 +78,7 @@ class _Stream:
     shape: list[int] = field(default_factory=list)
     declared_rate_hz: float | None = None
     source: str | None = None
+    place: str | None = None
     simulated: bool = False
     last_seen: float = 0.0
     messages: int = 0
@@ -80,10 +104,17 @@ def _number(meta: dict[str, Any], *names: str) -> float | None:
 class StreamTable:
     """The latest metadata of each ``data/`` stream (pure bookkeeping, no I/O)."""
 
-    def __init__(self, *, max_streams: int = 500, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        max_streams: int = 500,
+        max_events: int = 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_streams = max_streams
         self.clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._events: deque[EventRow] = deque(maxlen=max_events)
         self.stats: Counter[str] = Counter()
 
     def observe(self, topic: str, payload: bytes, content_type: str | None) -> bool:
@@ -99,9 +130,24 @@ class StreamTable:
             self.stats["malformed"] += 1
             return False
         now = self.clock()
+        names = levels.levels
+        if isinstance(message, Event):
+            self._events.appendleft(
+                EventRow(
+                    agent_id=names["agent_id"],
+                    domain=names["domain"],
+                    type=message.type,
+                    stream=message.stream,
+                    phase=message.phase,
+                    severity=message.severity,
+                    message=message.message[:200],
+                    received=now,
+                )
+            )
+            self.stats["events"] += 1
+            return True
         found = self._streams.pop(topic, None)  # re-inserted last: dict order = recency
         if found is None:
-            names = levels.levels
             found = _Stream(names["agent_id"], names["domain"], names["stream"])
             while len(self._streams) >= self.max_streams:
                 self._streams.pop(next(iter(self._streams)))
@@ -115,6 +161,7 @@ class StreamTable:
             found.type = _text(meta, "type", "sensor", "device_type", "modality")
             found.declared_rate_hz = _number(meta, "rate_hz", "hz")
             found.source = _text(meta, "source")
+            found.place = _place(meta.get("location"))
             found.simulated = meta.get("simulated") is True or found.source == "synthetic"
         found.last_seen = now
         found.messages += 1
@@ -136,12 +183,24 @@ class StreamTable:
                 declared_rate_hz=s.declared_rate_hz,
                 rate_hz=_rate(s.arrivals),
                 source=s.source,
+                place=s.place,
                 simulated=s.simulated,
                 last_seen=s.last_seen,
                 messages=s.messages,
             )
             for s in sorted(self._streams.values(), key=lambda s: (s.agent_id, s.domain, s.stream))
         ]
+
+    def events(self) -> list[EventRow]:
+        """The newest events first."""
+        return list(self._events)
+
+
+def _place(location: Any) -> str | None:
+    if not isinstance(location, dict):
+        return None
+    parts = [location.get(k) for k in ("site", "placement")]
+    return " · ".join(p[:48] for p in parts if isinstance(p, str) and p) or None
 
 
 def _rate(arrivals: deque[float]) -> float | None:

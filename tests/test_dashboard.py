@@ -28,10 +28,10 @@ from broker import (
     BusClient,
     Cms,
     Embedding,
+    Event,
     MosquittoBroker,
     State,
     encode,
-    publish_properties,
 )
 from broker.topics import cms_key, data_topic, node_key
 from edgecollab.cloud_standin import CLOUD_MODEL
@@ -41,6 +41,7 @@ from gateway.ledger import Ledger, LedgerEntry
 from gateway.service import running_gateway
 from gateway.traffic import Traffic
 from tests.helpers import eventually, running_node, settings
+from wearables import SensorAgent, SensorConfig
 
 BROWSER_ARGS = [
     "--headless",
@@ -66,7 +67,9 @@ def test_stream_table_keeps_metadata_rate_and_counts_bad_messages():
     table = StreamTable(max_streams=2, clock=lambda: now[0])
     topic = data_topic("health", "imu", "watch-1")
     for _ in range(11):
-        sample = _embedding(type="accelerometer", rate_hz=10, source="synthetic")
+        sample = _embedding(
+            type="accelerometer", rate_hz=10, source="synthetic", location={"placement": "wrist"}
+        )
         assert table.observe(topic, encode(sample), None)
         now[0] += 0.1
     assert not table.observe(topic, b"\xff not cbor", None)
@@ -81,8 +84,23 @@ def test_stream_table_keeps_metadata_rate_and_counts_bad_messages():
     assert row["rate_hz"] == pytest.approx(10, rel=0.01)
     assert row["messages"] == 11
     assert row["source"] == "synthetic"
+    assert row["place"] == "wrist"
     assert row["simulated"] is True
     assert table.stats["malformed"] == 3
+    event = Event(
+        "congestion",
+        "traffic",
+        "onset",
+        start=999.0,
+        score=12.0,
+        threshold=25.0,
+        sequence=0,
+        message="congestion onset on traffic",
+    )
+    assert table.observe(data_topic("urban", "events", "rsu-1"), encode(event), None)
+    [seen] = table.events()
+    assert (seen["agent_id"], seen["type"], seen["phase"]) == ("rsu-1", "congestion", "onset")
+    assert len(table.rows()) == 1  # an event is not a stream
     # bounded: the stream seen least recently goes first
     table.observe(data_topic("env", "air", "rsu-1"), encode(_embedding(), JSON), JSON)
     table.observe(data_topic("env", "noise", "rsu-1"), encode(_embedding()), None)
@@ -335,29 +353,69 @@ def node_process(
         log.close()
 
 
-async def publish_device_data(broker: MosquittoBroker, stop: asyncio.Event) -> None:
-    """A simulated wrist device and roadside unit: windows of a synthetic signal, encoded to
-    small spectra, published as embeddings on ``data/`` (labelled simulated)."""
-    rng = np.random.default_rng(7)
-    watch = data_topic("health", "imu_embeddings", "wrist-07")
-    rsu = data_topic("environment", "air_quality", "rsu-main-st")
-    async with BusClient(settings(broker), "devices") as bus:
-        tick = 0
-        while not stop.is_set():
-            window = np.sin(np.linspace(0, 6 * np.pi, 64) + tick) + 0.1 * rng.standard_normal(64)
-            spectrum = np.abs(np.fft.rfft(window))[:16].astype(np.float32)
-            meta = {"type": "accelerometer", "rate_hz": 10, "source": "synthetic"}
-            props = publish_properties(content_type=JSON)
-            await bus.publish(watch, encode(Embedding(spectrum, "imu-fft16", meta)), qos=0)
-            if tick % 10 == 0:
-                air = (spectrum[:8] / (spectrum.max() or 1)).astype(np.float32)
-                meta = {"type": "air_quality", "rate_hz": 1, "source": "synthetic"}
-                await bus.publish(
-                    rsu, encode(Embedding(air, "aq-encoder", meta), JSON), qos=0, properties=props
-                )
-            tick += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.1)
+async def run_devices(broker: MosquittoBroker, stop: asyncio.Event) -> None:
+    """The project's device agents (simulated: synthetic data, real encoders and
+    detectors): a roadside unit (traffic, with congestion events, and air quality) and a
+    wearable's vitals on LiteRT, sped up so that the page sees events in seconds."""
+    bus = settings(broker).model_dump()
+    features = {"type": "features", "steps": 30}
+    rsu = SensorConfig.model_validate(
+        {
+            "agent_id": "rsu-main-st",
+            "device": "roadside_unit",
+            "domain": "urban",
+            "bus": bus,
+            "location": {"site": "main-st", "lat": 45.07, "lon": 7.64},
+            "streams": [
+                {
+                    "name": "traffic",
+                    "source": {
+                        "kind": "synthetic",
+                        "preset": "traffic",
+                        "episodes_per_hour": 60,
+                        "episode_s": [20, 40],
+                        "seed": 4,
+                    },
+                    "encoder": {**features, "offset": [30, 45, 15], "scale": [10, 15, 20]},
+                    "detector": {
+                        "type": "threshold",
+                        "event": "congestion",
+                        "rules": {"speed": {"below": 25}},
+                    },
+                    "speed": 20,
+                },
+                {
+                    "name": "air_quality",
+                    "source": {"kind": "synthetic", "preset": "air_quality", "seed": 5},
+                    "encoder": {
+                        **features,
+                        "offset": [12, 25, 60, 24, 55],
+                        "scale": [20, 20, 30, 5, 10],
+                    },
+                    "speed": 5,
+                },
+            ],
+        }
+    )
+    wearable = SensorConfig.model_validate(
+        {
+            "agent_id": "wrist-07",
+            "device": "wearable",
+            "domain": "health",
+            "bus": bus,
+            "location": {"placement": "wrist", "site": "ward-3"},
+            "streams": [
+                {
+                    "name": "vitals",
+                    "source": {"kind": "synthetic", "preset": "vitals", "seed": 2},
+                    "encoder": {"type": "litert", "model": "vitals-v1"},
+                    "speed": 10,
+                }
+            ],
+        }
+    )
+    async with SensorAgent(rsu) as roadside, SensorAgent(wearable) as wrist:
+        await asyncio.gather(roadside.run(stop), wrist.run(stop))
 
 
 async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
@@ -399,7 +457,7 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
             httpx.AsyncClient(base_url=url, timeout=120) as http,
             asyncio.TaskGroup() as tasks,
         ):
-            tasks.create_task(publish_device_data(broker, stop), name="devices")
+            tasks.create_task(run_devices(broker, stop), name="devices")
             await eventually(
                 lambda: (
                     {n.node_id for n in gw.orchestrator.router.order(10, 10, "general")}
@@ -446,6 +504,8 @@ async def test_dashboard_in_a_real_browser_shows_nodes_and_a_node_dying(
                             f'[data-node="{node_id}"][data-status="online"]', timeout=15_000
                         )
                     await page.wait_for_selector('tr[data-agent="rsu-main-st"]', timeout=15_000)
+                    await page.wait_for_selector('tr[data-agent="wrist-07"]', timeout=15_000)
+                    await page.wait_for_selector('[data-event="congestion"]', timeout=20_000)
                     await page.wait_for_function(
                         "document.querySelectorAll('#recent tbody tr[data-route]').length >= 4",
                         timeout=15_000,

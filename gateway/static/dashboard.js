@@ -146,28 +146,48 @@ function fresh(s) {
 }
 
 function renderStreams(state) {
-  const streams = state.streams || [];
+  const devices = state.devices || {};
+  const seen = new Set((state.streams || []).map((s) => s.agent_id));
+  const waiting = Object.entries(devices).filter(([id]) => !seen.has(id)).map(([id, d]) => ({
+    agent_id: id, domain: "", stream: d.streams.join(", ") || "–", kind: "", type: "waiting for data",
+    model: null, shape: [], rate_hz: null, declared_rate_hz: null, source: null, place: d.place,
+    simulated: d.simulated, last_seen: null }));
+  const streams = [...(state.streams || []), ...waiting];
   const body = $("streams").tBodies[0];
   let previous = null;
   body.replaceChildren(...(streams.length ? streams.map((s) => {
     const first = s.agent_id !== previous;
     previous = s.agent_id;
-    const ok = fresh(s);
+    const ok = s.last_seen !== null && fresh(s);
+    const info = devices[s.agent_id] || {};
+    const where = [(info.device || "").replaceAll("_", " "), info.place || s.place].filter(Boolean).join(" · ");
     const rate = s.rate_hz ?? s.declared_rate_hz;
     return h("tr", { class: ok ? "" : "stale", "data-agent": s.agent_id, "data-stream": s.stream },
-      h("td", { class: "dev" }, first ? [s.agent_id, s.simulated ? h("span", { class: "badge" }, "simulated")
-        : (s.source || "").startsWith("replay:") ? h("span", { class: "badge", title: s.source }, "replayed") : null] : ""),
+      h("td", { class: "dev" }, first ? [s.agent_id, s.simulated || info.simulated ? h("span", { class: "badge" }, "simulated")
+        : (s.source || "").startsWith("replay:") ? h("span", { class: "badge", title: s.source }, "replayed") : null,
+        where ? h("div", { class: "sub small" }, where) : null] : ""),
       h("td", {}, h("div", {}, s.stream), h("div", { class: "sub small" }, s.domain)),
       h("td", {}, h("div", {}, s.type || s.kind), s.source ? h("div", { class: "sub small" }, s.source) : null),
       h("td", { class: "sub" }, s.model || "–"),
       h("td", { class: "num" }, s.shape.length ? s.shape.join("×") : "–"),
       h("td", { class: "num" }, rate === null || rate === undefined ? "–" : num(rate, rate < 10 ? 1 : 0) + " Hz"),
-      h("td", { class: "num" }, h("span", { class: "fresh" + (ok ? "" : " stale") }), h("span", { "data-ts": s.last_seen }, ago(s.last_seen))));
+      h("td", { class: "num" }, s.last_seen === null ? "–" : [h("span", { class: "fresh" + (ok ? "" : " stale") }),
+        h("span", { "data-ts": s.last_seen }, ago(s.last_seen))]));
   }) : [h("tr", { class: "empty-row" }, h("td", { colspan: 7 }, "Nothing published on data/ yet."))]));
   const agents = new Set(streams.map((s) => s.agent_id)).size;
   const bad = (state.data_stats || {}).malformed || 0;
   setText("streams-note", streams.length ? `${agents} device${agents === 1 ? "" : "s"}, ${streams.length} stream${streams.length === 1 ? "" : "s"}` +
     (bad ? ` · ${bad} malformed message${bad === 1 ? "" : "s"} ignored` : "") : "");
+}
+
+function renderEvents(state) {
+  const events = state.events || [];
+  $("events").replaceChildren(...(events.length ? events.slice(0, 5).map((e) =>
+    h("li", { "data-event": e.type },
+      h("span", { class: `pill sev-${e.severity}` }, e.phase),
+      h("span", { class: "why" }, h("b", {}, e.type.replaceAll("_", " ")), h("span", { class: "sub" }, ` · ${e.agent_id} / ${e.stream}`)),
+      h("span", { class: "count sub", "data-ts": e.received }, ago(e.received))))
+    : [h("li", { class: "empty" }, "No detector has reported anything.")]));
 }
 
 function renderRecent(state) {
@@ -193,6 +213,7 @@ function render(state) {
   renderNodes(state);
   renderPolicies(state);
   renderStreams(state);
+  renderEvents(state);
   renderRecent(state);
   window.__dashboard.renders += 1;
   window.__dashboard.state = state;
