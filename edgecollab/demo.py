@@ -49,6 +49,7 @@ from edge_node.config import NodeConfig
 from edge_node.engines import build_engine
 from edge_node.engines.base import Engine
 from edgecollab.cloud_standin import CLOUD_MODEL, running_cloud_server
+from edgecollab.live import serve_dashboard
 from edgecollab.scenarios import health, urban
 from edgecollab.scenarios.cli import DEFAULT_REPORTS, union
 from edgecollab.scenarios.show import ScenarioSummary
@@ -124,9 +125,8 @@ async def _demo(port: int, question: str, serve: bool, ledger_dir: Path) -> int:
                 await _through_gateway(port, bus, ledger_dir, cloud_url)
                 summaries = await _scenarios(port, agents[0].engine, cloud_url)
             _closing_summary(agents, summaries, time.perf_counter() - started)
-        if serve:
-            print(f"\nTestbed up. Try: edgecollab cms --port {port} watch slm   (Ctrl-C stops)")
-            await asyncio.Event().wait()
+        if serve:  # a gateway with the dashboard, and simulated devices, until Ctrl-C
+            await serve_dashboard(port, ledger_dir)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
