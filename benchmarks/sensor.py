@@ -9,6 +9,9 @@ prints what the agent's own stats say: ``rss_mb`` (current resident set after th
 run, /proc), ``peak_rss_mb`` (getrusage), windows per second per stream and in total,
 encode latency (mean, p95, ms). This process holds
 only the agent (the broker is a separate process), so its RSS is the agent's.
+``rss_mb_python_m_wearables`` and ``rss_mb_edgecollab_sensor`` are the same agent
+started as a command (5 s at real time, its ``--stats``): the second imports every
+role's code through the ``edgecollab`` command.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import asyncio
 import json
 import resource
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +34,27 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "wearable.yaml"
 LIMIT_MB = 150.0
 
 
+async def command_rss(command: list[str], port: int, seconds: float) -> float | None:
+    """The ``rss_mb`` a sensor command reports (``--stats``) after running ``seconds``."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, "--config", str(CONFIG), "--port", str(port), "--stats",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    lines = out.decode().strip().splitlines()
+    return round(float(json.loads(lines[-1])["rss_mb"]), 1) if lines else None
+
+
 async def run(seconds: float, speed: float) -> dict[str, Any]:
     before = rss_mb()
     with MosquittoBroker() as broker:
+        # The two ways to start a device agent, each in its own process, at real time.
+        lean = await command_rss([sys.executable, "-m", "wearables"], broker.port, 5.0)
+        full = await command_rss(
+            [sys.executable, "-m", "edgecollab.cli", "sensor"], broker.port, 5.0
+        )
         config = load_sensor_config(CONFIG, env={"EDGECOLLAB_SENSOR__BUS__PORT": str(broker.port)})
         streams = tuple(s.model_copy(update={"speed": speed}) for s in config.streams)
         config = config.model_copy(update={"streams": streams})
@@ -60,6 +83,8 @@ async def run(seconds: float, speed: float) -> dict[str, Any]:
         "rss_mb": round(rss, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_agent_mb": round(before, 1),
+        "rss_mb_python_m_wearables": lean,
+        "rss_mb_edgecollab_sensor": full,
         "limit_mb": LIMIT_MB,
         "under_limit": rss < LIMIT_MB,
         "seconds": round(elapsed, 2),

@@ -15,6 +15,7 @@ from broker import BusClient, Cms, DataFollower
 from edgecollab.cli import main
 from tests.helpers import eventually, settings
 from wearables import SensorAgent, SensorConfig, SensorConfigError, load_sensor_config
+from wearables.cli import main as sensor_main
 from wearables.encoders import LiteRtConfig, build_encoder
 from wearables.sources import BasicMotionsConfig, BasicMotionsSource
 
@@ -145,10 +146,13 @@ def _base() -> dict[str, Any]:
 def test_config_errors_exit_2_with_a_clear_message(tmp_path, capsys, change, message):
     data = _base()
     change(data)
-    assert main(["sensor", "--config", str(_write(tmp_path, data))]) == 2
+    path = str(_write(tmp_path, data))
+    assert main(["sensor", "--config", path]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgecollab sensor: ")
     assert message in err
+    assert sensor_main(["--config", path]) == 2  # python -m wearables
+    assert message in capsys.readouterr().err
 
 
 def test_config_problems_found_at_start_exit_2(tmp_path, capsys):
