@@ -221,7 +221,7 @@ class SensorAgent:
                 dropped=s.dropped,
                 encode_errors=s.encode_errors,
                 events=s.events,
-                last_sequence=s.published - 1,
+                last_sequence=s.published + s.dropped - 1,
                 rate=s.published / elapsed if elapsed > 0 else 0.0,
                 encode_ms_mean=float(np.mean(lat)) if lat else 0.0,
                 encode_ms_p95=lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0,
