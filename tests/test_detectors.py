@@ -43,13 +43,13 @@ def test_freeze_index_separates_trembling_from_walking():
     channels = tuple(
         f"{p}_{a}" for p in ("ankle", "thigh", "trunk") for a in ("fwd", "vert", "lat")
     )
-    det = FreezeIndexDetector(FreezeIndexConfig(), channels, rate)
+    det = FreezeIndexDetector(FreezeIndexConfig(channels=("ankle_vert",)), channels, rate)
     assert det.freeze_index(walking)[0] < 0.1
     assert det.freeze_index(trembling)[0] > 10
     still = np.zeros_like(walking)
     assert det.score(still)[0] is False  # no gait power: standing is not freezing
     with pytest.raises(SensorConfigError):
-        FreezeIndexDetector(FreezeIndexConfig(channel="wrist_x"), channels, rate)
+        FreezeIndexDetector(FreezeIndexConfig(channels=("wrist_x",)), channels, rate)
 
 
 def test_threshold_detector_scores_the_worst_bound():
