@@ -18,6 +18,7 @@ from types import FrameType
 from broker.errors import BrokerLaunchError
 from broker.launcher import find_mosquitto, free_port
 from broker.mosquitto_config import read_template, render_config
+from broker.secure.cli import add_secure_config_parser
 
 DEFAULT_PORT = 1883
 
@@ -52,6 +53,8 @@ def add_broker_parser(
         help="persistence dir (default: $XDG_STATE_HOME/edgecollab/mosquitto-<port>)",
     )
     parser.set_defaults(func=run_broker)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    add_secure_config_parser(actions)
     return parser
 
 
