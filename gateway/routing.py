@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -49,6 +51,17 @@ class PolicyRouter:
 
     def release(self, reservation: Any) -> None:
         self.directory.release(reservation)
+
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int:
+        tokens = prompt_tokens + max_tokens
+        return sum(
+            v.free_slots
+            for v in self.directory.candidates(self.capability)
+            if v.fits(tokens, max_tokens)
+        )
+
+    def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        return self.directory.watch_death(node_id)
 
     def model_size(self, node_id: str) -> float:
         """Parameters of the node's first model ("135M" -> 1.35e8); 0 when unknown."""
