@@ -124,6 +124,7 @@ class Counts:
     late_s: float = 0.0  # the worst time past a deadline at which an outcome came
     worst_answer_s: float = 0.0
     worst_error_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +138,7 @@ class Counts:
             "worst_past_deadline_s": round(self.late_s, 3),
             "worst_answer_s": round(self.worst_answer_s, 3),
             "worst_error_s": round(self.worst_error_s, 3),
+            **self.extra,
         }
 
 
@@ -179,8 +181,10 @@ class Client:
                 sent.at = time.monotonic()
             sent.done.set()
 
-    async def ask(self, text: str, *, max_tokens: int, deadline_s: float) -> None:
-        """Send one query and account for its outcome (returns when known)."""
+    async def ask(
+        self, text: str, *, max_tokens: int, deadline_s: float
+    ) -> Result | ErrorReply | None:
+        """Send one query and account for its outcome; return the first final reply."""
         self._seq += 1
         self.counts.sent += 1
         correlation = f"{self._seq}-{os.urandom(4).hex()}".encode()
@@ -202,10 +206,11 @@ class Client:
         except BusError as exc:
             self._count_error(f"not accepted: {type(exc).__name__}")
             self.counts.failed_clearly += 1
-            return
+            return None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sent.done.wait(), deadline_s + 1.0)
         await asyncio.sleep(0.3)  # a second final reply, if any, would come now
+        return sent.finals[0] if sent.finals else None
 
     def _count_error(self, key: str) -> None:
         self.counts.errors[key] = self.counts.errors.get(key, 0) + 1

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.acl_cases import make_profile, run_cases
-from benchmarks.fault_rig import Counts, NodeProcess, clear_nodes, running_rig
-from broker import MosquittoBroker, free_port
+from benchmarks.fault_rig import Counts, clear_nodes, running_rig, wait_online
+from broker import MosquittoBroker, Result, free_port
 
 SLOW = {"decode_tps": 40.0, "concurrency": 2}  # 120 tokens ~ 3 s per query
 
@@ -59,10 +59,13 @@ async def node_kill(broker: MosquittoBroker, folder: Path, cloud_url: str | None
         await asyncio.sleep(1.0)  # every query is being served by now
         directory = gw.orchestrator.router.directory
         busiest = max(procs, key=lambda p: getattr(directory.view(p.node_id), "in_flight", 0))
+        in_flight = getattr(directory.view(busiest.node_id), "in_flight", 0)
         busiest.kill()
         await asyncio.gather(*asks)
         await clear_nodes(broker, procs)
-    return client.tally()
+    counts = client.tally()
+    counts.extra["killed_node_in_flight"] = in_flight
+    return counts
 
 
 async def broker_restart(broker: MosquittoBroker, folder: Path, cloud_url: str | None) -> Counts:
@@ -73,7 +76,7 @@ async def broker_restart(broker: MosquittoBroker, folder: Path, cloud_url: str |
         cloud_url=cloud_url,
         engine={"decode_tps": 120.0, "concurrency": 2},
         edge_timeout_s=6,
-    ) as (_gw, procs, client):
+    ) as (gw, procs, client):
         asks = []
         for i in range(24):
             asks.append(
@@ -86,8 +89,22 @@ async def broker_restart(broker: MosquittoBroker, folder: Path, cloud_url: str |
                 await asyncio.to_thread(broker.restart)
             await asyncio.sleep(0.2)
         await asyncio.gather(*asks)
+        # every agent is back: connected again, nodes online, and the edge answers
+        await wait_online(gw.mirror, [p.node_id for p in procs])
+        after = await asyncio.gather(
+            *(client.ask(f"after restart {i}", max_tokens=20, deadline_s=20) for i in range(2))
+        )
+        reconnects = {
+            "gateway": gw.orchestrator.rpc.bus.connections,
+            "client": client.bus.connections,
+        }
         await clear_nodes(broker, procs)
-    return client.tally()
+    counts = client.tally()
+    counts.extra["reconnections"] = reconnects
+    counts.extra["edge_answers_after_restart"] = sum(
+        isinstance(r, Result) and (r.meta or {}).get("route") == "edge" for r in after
+    )
+    return counts
 
 
 async def cloud_outage(broker: MosquittoBroker, folder: Path) -> Counts:
@@ -194,5 +211,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = NodeProcess  # re-exported for tests
     main()
