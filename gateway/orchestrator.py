@@ -117,8 +117,8 @@ class Router(Protocol):
 
     def model_size(self, node_id: str) -> float: ...
 
-    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int:
-        """Slots free now on the nodes whose admission would take such a request."""
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
+        """Slots free now on nodes that would admit such a request; ``None``: no node ever would."""
         ...
 
     def gap_likely(self, domain: str) -> bool:
@@ -185,9 +185,8 @@ class Orchestrator:
         threshold = await self.books.check(query.tenant)
         if threshold is None:
             threshold = self.confidence_threshold
-        if (self.cloud is None or query.no_cloud) and self._waiting >= self.router.free_slots(
-            estimate_tokens(query.messages), query.max_tokens
-        ):
+        free = self.router.free_slots(estimate_tokens(query.messages), query.max_tokens)
+        if (self.cloud is None or query.no_cloud) and free is not None and self._waiting >= free:
             # Refused at once, before classifying: nothing at the edge could take it
             # (queries admitted but not yet routed count against the free slots).
             await self.books.record(

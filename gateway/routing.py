@@ -52,13 +52,14 @@ class PolicyRouter:
     def release(self, reservation: Any) -> None:
         self.directory.release(reservation)
 
-    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int:
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
         tokens = prompt_tokens + max_tokens
-        return sum(
-            v.free_slots
-            for v in self.directory.candidates(self.capability)
-            if v.fits(tokens, max_tokens)
-        )
+        able = [
+            v for v in self.directory.candidates(self.capability) if v.can_take(tokens, max_tokens)
+        ]
+        if not able:
+            return None
+        return sum(v.free_slots for v in able if v.fits(tokens, max_tokens))
 
     def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
         return self.directory.watch_death(node_id)

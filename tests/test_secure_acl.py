@@ -193,3 +193,69 @@ async def test_own_ca_signs_the_profile(tmp_path: Path) -> None:
     with MosquittoBroker(config=profile.conf) as broker:
         async with BusClient(agent_settings(profile, "ops", broker.port), "ops") as bus:
             await bus.publish("slm/tenants/clinic-a/usage_limit", b"1")
+
+
+@pytest.mark.asyncio
+async def test_node_and_gateway_serve_a_tenant_on_the_secure_broker(
+    profile: GeneratedProfile, secure_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    from broker import Chat, ChatMessage, RpcClient, RpcError  # noqa: PLC0415
+    from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig  # noqa: PLC0415
+    from gateway.config import GatewayConfig  # noqa: PLC0415
+    from gateway.service import running_gateway  # noqa: PLC0415
+    from tests.helpers import eventually, running_node  # noqa: PLC0415
+
+    port = secure_broker.port
+
+    def bus(agent: str) -> dict[str, object]:
+        return {"include": str(profile.agent_files[agent]), "port": port}
+
+    engine = SimulatedEngine(SimulatedEngineConfig(profile="jetson-orin-nano", decode_tps=2000))
+    config = GatewayConfig.model_validate(
+        {
+            "gateway_id": "gateway-1",
+            "bus": bus("gateway-1"),
+            "http_port": 0,
+            "capability": "chat",
+            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+            "cache_enabled": False,
+            "cloud": {"enabled": False},
+            "client_tenants_file": str(profile.out / "client-tenants.yaml"),
+        }
+    )
+    question = Chat(messages=(ChatMessage("user", "hello"),), max_tokens=8)
+    async with (
+        running_node(secure_broker, engine, "node-1", bus=bus("node-1"), capabilities=["chat"]),
+        running_gateway(config) as gw,
+        BusClient(agent_settings(profile, "wear-a1", port), "wear-a1") as sensor,
+        RpcClient(sensor) as rpc,
+    ):
+        await eventually(lambda: gw.orchestrator.router.order(10, 10, "general") != [], 10)
+        got = await rpc.call("computation/query/request", question, timeout=20)
+        assert got.node == "node-1"
+        with pytest.raises(RpcError) as refused:
+            await rpc.call(
+                "computation/query/request", question, timeout=20, user={"tenant": "clinic-b"}
+            )
+        assert refused.value.code.value == "unauthorized"
+        # a sensor cannot skip the gateway and ask a node directly
+        with pytest.raises(RpcError) as direct:
+            await rpc.call("computation/node/node-1/request", question, timeout=2)
+        assert direct.value.code.value == "expired"  # RpcTimeout: never delivered
+
+
+def test_bus_settings_include(tmp_path: Path) -> None:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from broker import BusSettings  # noqa: PLC0415
+
+    inc = tmp_path / "bus.yaml"
+    inc.write_text("host: broker.example\nport: 8883\nusername: n1\npassword: s3cret\n")
+    got = BusSettings.model_validate({"include": str(inc), "port": 1884})
+    assert (got.host, got.port, got.username) == ("broker.example", 1884, "n1")
+    assert "s3cret" not in repr(got)
+    with pytest.raises(ValidationError, match="cannot read"):
+        BusSettings.model_validate({"include": str(tmp_path / "missing.yaml")})
+    inc.write_text("colour: red\n")
+    with pytest.raises(ValidationError):
+        BusSettings.model_validate({"include": str(inc)})

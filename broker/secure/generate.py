@@ -8,6 +8,7 @@ Layout of ``OUT`` (everything secret is mode 0600; ``OUT/.gitignore`` ignores it
     broker/passwd  broker/acl          Mosquitto password file (hashes) and ACL
     agents/{id}/bus.yaml               that agent's connection settings, with its password
     agents/{id}/client.crt client.key  that agent's TLS client certificate
+    client-tenants.yaml                client id -> tenant (the gateway's client_tenants_file)
 
 Running it again keeps the CA, and each agent's password, so that adding an agent
 does not invalidate the others.
@@ -185,6 +186,12 @@ def generate(
         _write(bus_file, header + yaml.safe_dump(settings, sort_keys=False), secret=True)
         agent_files[agent.id] = bus_file
 
+    tenants = {a.id: a.tenant for a in manifest.agents if a.tenant is not None}
+    _write(
+        out / "client-tenants.yaml",
+        "# client id -> tenant, for the gateway's client_tenants_file\n"
+        + (yaml.safe_dump(tenants, sort_keys=True) if tenants else "{}\n"),
+    )
     _write(broker_dir / "passwd", render_password_file(passwords), secret=True)
     _write(broker_dir / "acl", render_acl(manifest))
     conf = broker_dir / "mosquitto-secure.conf"
