@@ -125,6 +125,7 @@ class Counts:
     worst_answer_s: float = 0.0
     worst_error_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # one error message per code
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +139,7 @@ class Counts:
             "worst_past_deadline_s": round(self.late_s, 3),
             "worst_answer_s": round(self.worst_answer_s, 3),
             "worst_error_s": round(self.worst_error_s, 3),
+            "error_examples": dict(self.examples),
             **self.extra,
         }
 
@@ -235,6 +237,7 @@ class Client:
                 c.failed_clearly += 1
                 c.worst_error_s = max(c.worst_error_s, took)
                 self._count_error(first.code.value)
+                c.examples.setdefault(first.code.value, first.message[:200])
         accepted = c.sent - sum(v for k, v in c.errors.items() if k.startswith("not accepted"))
         c.lost = accepted - sum(1 for s in self._sent.values() if s.finals)
         return c

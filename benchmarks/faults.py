@@ -75,7 +75,7 @@ async def broker_restart(broker: MosquittoBroker, folder: Path, cloud_url: str |
         nodes=2,
         cloud_url=cloud_url,
         engine={"decode_tps": 120.0, "concurrency": 2},
-        edge_timeout_s=6,
+        edge_timeout_s=12,
     ) as (gw, procs, client):
         asks = []
         for i in range(24):
