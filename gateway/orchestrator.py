@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -297,10 +297,10 @@ class Orchestrator:
             self.router.release(reservation)
         return _edge_answer(result)
 
-    async def _unless_dead(self, node_id: str, call: Awaitable[Result]) -> Result:
+    async def _unless_dead(self, node_id: str, call: Coroutine[Any, Any, Result]) -> Result:
         """Await ``call`` unless the node's will says offline first (then :class:`NodeDied`)."""
         with self.router.watch_death(node_id) as died:
-            attempt = asyncio.ensure_future(call)
+            attempt = asyncio.create_task(call, name=f"edge-attempt:{node_id}")
             watch = asyncio.create_task(died.wait(), name=f"death-watch:{node_id}")
             try:
                 await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
