@@ -259,3 +259,23 @@ def test_bus_settings_include(tmp_path: Path) -> None:
     inc.write_text("colour: red\n")
     with pytest.raises(ValidationError):
         BusSettings.model_validate({"include": str(inc)})
+
+
+def test_secure_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.mosquitto_config import message_size_limit, read_template  # noqa: PLC0415
+    from edgecollab.cli import main  # noqa: PLC0415
+
+    manifest = Path(__file__).resolve().parent.parent / "configs" / "deployment.yaml"
+    out = tmp_path / "secure"
+    assert main(["broker", "secure-config", "--manifest", str(manifest), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agent node-1:" in printed
+    assert "password" not in printed.lower()
+    conf = (out / "broker" / "mosquitto-secure.conf").read_text()
+    assert message_size_limit(conf) == message_size_limit(read_template())
+    args = ["broker", "secure-config", "--manifest", str(manifest), "--out", str(out)]
+    assert main([*args, "--ca-cert", str(out / "ca.crt")]) == 2  # the key is missing
+    (tmp_path / "bad.yaml").write_text("agents: [{id: 'a/b', role: node}]")
+    bad = ["broker", "secure-config", "--manifest", str(tmp_path / "bad.yaml"), "--out", str(out)]
+    assert main(bad) == 1
+    assert "agent id" in capsys.readouterr().err
