@@ -13,9 +13,8 @@ import pytest
 from benchmarks.acl_cases import PUB_CASES, SUB_CASES, agent_settings, make_profile, run_cases
 from broker import BusClient, Cms, MosquittoBroker, NotConnected
 from broker.secure import GeneratedProfile, generate
+from broker.secure.credentials import CertificateAuthority, verify_password
 from broker.secure.manifest import ManifestError, load_manifest
-from broker.secure.passwords import verify_password
-from broker.secure.pki import CertificateAuthority
 from broker.transport import PublishRefused
 
 

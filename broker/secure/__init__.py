@@ -5,9 +5,9 @@
 """
 
 from broker.secure.acl import acl_rules, render_acl
+from broker.secure.credentials import hash_password
 from broker.secure.generate import GeneratedProfile, generate
 from broker.secure.manifest import Agent, Manifest, Role, load_manifest
-from broker.secure.passwords import hash_password
 
 __all__ = [
     "Agent",

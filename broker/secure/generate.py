@@ -24,9 +24,8 @@ import yaml
 
 from broker.mosquitto_config import read_template
 from broker.secure.acl import render_acl
+from broker.secure.credentials import CertificateAuthority, new_password, render_password_file
 from broker.secure.manifest import Manifest
-from broker.secure.passwords import new_password, render_password_file
-from broker.secure.pki import CertificateAuthority
 
 SECRET_MODE = 0o600
 
