@@ -49,7 +49,10 @@ async def test_overload_ten_times_capacity(fresh_broker: MosquittoBroker, tmp_pa
     counts, memory = await faults.overload(fresh_broker, tmp_path)
     _no_loss(counts)
     assert counts.answered >= memory["capacity"], counts
-    assert set(counts.errors) == {"overloaded"}, counts
+    # refused by the gateway at once; a rare race with a node's own admission may
+    # still end as "unavailable" after trying every node, never as anything else
+    assert set(counts.errors) <= {"overloaded", "unavailable"}, counts
+    assert counts.errors.get("overloaded", 0) >= 0.9 * counts.failed_clearly, counts
     assert counts.worst_error_s < 2.0, counts  # refusals are immediate (generous margin)
     first, second = memory["rss_mb_after_wave_0"], memory["rss_mb_after_wave_1"]
     for name, mb in second.items():
