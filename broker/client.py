@@ -128,6 +128,15 @@ class BusClient:
     ) -> None:
         self.settings = settings
         self.client_id = validate_id(client_id, "client id")
+        if settings.username is not None and settings.username != client_id:
+            # The secure profile's broker renames the client after its user name, and
+            # reply/{client_id}/... would then be unreadable for it.
+            logger.warning(
+                "client id %r differs from user name %r: under the secure profile "
+                "(use_username_as_clientid) its replies will not reach it",
+                client_id,
+                settings.username,
+            )
         self._will = will
         self._subs: dict[int, _Subscription] = {}
         self._ids = itertools.count(1)

@@ -20,10 +20,21 @@ def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
     """``--host``/``--port``; defaults come from ``EDGECOLLAB_MQTT_HOST``/``_PORT``."""
     parser.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="broker port (default 1883)")
+    parser.add_argument(
+        "--bus-file",
+        default=None,
+        help="an agent's bus.yaml from `broker secure-config` (credentials, TLS; "
+        "default $EDGECOLLAB_MQTT_INCLUDE)",
+    )
 
 
 def bus_settings(args: argparse.Namespace) -> BusSettings:
-    return BusSettings.from_env(host=args.host, port=args.port, connect_timeout_s=5.0)
+    return BusSettings.from_env(
+        include=getattr(args, "bus_file", None),
+        host=args.host,
+        port=args.port,
+        connect_timeout_s=5.0,
+    )
 
 
 def add_cms_parser(
@@ -82,8 +93,11 @@ def parse_value(text: str) -> Any:
 
 
 async def _cms(args: argparse.Namespace) -> int:
-    client_id = f"cli-{secrets.token_hex(4)}"
-    async with BusClient(bus_settings(args), client_id) as bus:
+    settings = bus_settings(args)
+    # The secure broker makes the user name the client id (use_username_as_clientid),
+    # and reply topics must name the client id the broker knows.
+    client_id = settings.username or f"cli-{secrets.token_hex(4)}"
+    async with BusClient(settings, client_id) as bus:
         cms = Cms(bus)
         if args.verb == "ls":
             async with cms.mirror(args.prefix) as mirror:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from types import TracebackType
@@ -263,9 +263,14 @@ RequestHandler = Callable[[Request], Awaitable[WireMessage]]
 class RpcServer:
     """Serves requests arriving on topic filters with async handlers."""
 
+    #: Requests remembered to drop redeliveries (a QoS 1 message resent after a broker
+    #: restart or reconnect arrives again with the same correlation data).
+    SEEN_LIMIT = 4096
+
     def __init__(self, bus: BusClient) -> None:
         self.bus = bus
         self.stats: Counter[str] = Counter()
+        self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
 
     async def serve(self, topic_filter: str, handler: RequestHandler) -> Subscription:
         """Serve requests on ``topic_filter`` (a plain or ``$share/...`` filter)."""
@@ -283,6 +288,14 @@ class RpcServer:
             self.stats["no_response_topic"] += 1
             logger.warning("request on %s without a usable response topic dropped", msg.topic)
             return
+        if msg.correlation:
+            key = (msg.response_topic, msg.correlation)
+            if key in self._seen:
+                self.stats["duplicate"] += 1
+                return
+            self._seen[key] = None
+            if len(self._seen) > self.SEEN_LIMIT:
+                self._seen.popitem(last=False)
         await self.reply(msg, await self._outcome(msg, handler))
 
     async def _outcome(self, msg: Inbound, handler: RequestHandler) -> WireMessage:

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ENV_PREFIX = "EDGECOLLAB_MQTT_"
 
@@ -27,6 +28,11 @@ class BusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    include: Path | None = Field(
+        None,
+        description="YAML file of further bus settings, under the ones given here "
+        "(the secure profile writes one per agent: credentials and TLS files)",
+    )
     host: str = Field("127.0.0.1", description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port")
     keepalive_s: int = Field(
@@ -45,11 +51,26 @@ class BusSettings(BaseModel):
         20_000, ge=1, description="incoming messages buffered before new ones are dropped"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_include(cls, data: Any) -> Any:
+        """Settings from ``include`` first, then the explicit ones on top."""
+        if not isinstance(data, dict) or not data.get("include"):
+            return data
+        path = Path(data["include"]).expanduser()
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read the bus settings file {path}: {exc}") from exc
+        if not isinstance(loaded, dict) or "include" in loaded:
+            raise ValueError(f"{path}: expected a mapping of bus settings (without 'include')")
+        return {**loaded, **data}
+
     @classmethod
     def from_env(cls, **overrides: Any) -> BusSettings:
         """Defaults, then ``EDGECOLLAB_MQTT_*`` variables, then explicit ``overrides``."""
         values: dict[str, Any] = {}
-        for name in ("host", "port", "keepalive_s", "username", "password"):
+        for name in ("include", "host", "port", "keepalive_s", "username", "password"):
             env = os.environ.get(ENV_PREFIX + name.upper())
             if env is not None:
                 values[name] = env

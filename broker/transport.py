@@ -259,7 +259,13 @@ class Link(asyncio.Protocol):
             try:
                 self._on_message(msg)
             finally:
-                if msg.qos == 1:
+                # The connection may have closed meanwhile (broker restart): then the
+                # broker redelivers the message, and there is nobody to acknowledge to.
+                if (
+                    msg.qos == 1
+                    and self._transport is not None
+                    and not self._transport.is_closing()
+                ):
                     self._write(mqtt5.puback(msg.packet_id))
         elif kind == mqtt5.PUBACK:
             packet_id, reasons, _ = mqtt5.parse_ack(body, many=False)

@@ -22,6 +22,7 @@ the cloud has no camera readings to report, so such a step degrades instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from gateway.nodes import NodeView
 from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
 from gateway.planner import Plan, Subtask
 from gateway.policies import RequestShape
-from gateway.routing import PolicyRouter
+from gateway.routing import PolicyRouter, free_slots_among
 
 logger = logging.getLogger(__name__)
 GENERAL = "general"
@@ -69,6 +70,12 @@ class ScopedRouter:
 
     def release(self, reservation: Any) -> None:
         self.base.release(reservation)
+
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
+        return free_slots_among(self.candidates(), prompt_tokens, max_tokens)
+
+    def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        return self.base.watch_death(node_id)
 
     def model_size(self, node_id: str) -> float:
         return self.base.model_size(node_id)

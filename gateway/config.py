@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker import BusSettings
@@ -47,6 +48,25 @@ class GatewayConfig(BaseModel):
     cache_ttl_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="HTTP request size limit")
     dashboard: bool = Field(True, description="serve the live dashboard at /dashboard")
+    client_tenants_file: Path | None = Field(
+        None,
+        description="secure profile: client-tenants.yaml from `broker secure-config`; MQTT "
+        "ingress queries then take the tenant of the client their reply goes to",
+    )
+
+    def client_tenants(self) -> dict[str, str] | None:
+        """``{client id: tenant}`` from :attr:`client_tenants_file`, or ``None``."""
+        if self.client_tenants_file is None:
+            return None
+        try:
+            data = yaml.safe_load(self.client_tenants_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise GatewayConfigError(f"cannot read {self.client_tenants_file}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise GatewayConfigError(f"{self.client_tenants_file}: expected client: tenant pairs")
+        return data
 
     @field_validator("gateway_id")
     @classmethod

@@ -33,7 +33,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
@@ -216,6 +216,7 @@ class NodeDirectory:
         self._serial = itertools.count(1)
         self._refreshed = -math.inf
         self._task: asyncio.Task[None] | None = None
+        self._death: dict[str, set[asyncio.Event]] = {}
 
     async def __aenter__(self) -> Self:
         self.refresh()
@@ -257,6 +258,30 @@ class NodeDirectory:
             cached = found, {v.node_id: i for i, v in enumerate(found)}
             self._cache[key] = cached
         return list(cached[0])
+
+    @contextlib.contextmanager
+    def watch_death(self, node_id: str) -> Iterator[asyncio.Event]:
+        """An event set when ``node_id`` goes offline (its will) or vanishes, while inside.
+
+        Lets a pending request give up on a dead node at once instead of at its
+        deadline. Only a directory that follows the mirror (entered) sees it live.
+        """
+        event = asyncio.Event()
+        view = self._views.get(node_id)
+        if view is None or not view.online:
+            event.set()
+        watchers = self._death.setdefault(node_id, set())
+        watchers.add(event)
+        try:
+            yield event
+        finally:
+            watchers.discard(event)
+            if not watchers:
+                self._death.pop(node_id, None)
+
+    def _signal_death(self, node_id: str) -> None:
+        for event in self._death.get(node_id, ()):
+            event.set()
 
     # --- reservations -----------------------------------------------------------------
 
@@ -357,6 +382,8 @@ class NodeDirectory:
             )
         old = self._views.get(node_id)
         self._views[node_id] = view
+        if not view.online:
+            self._signal_death(node_id)
         if old is None or _membership(old) != _membership(view):
             self._cache.clear()
             return
@@ -366,6 +393,7 @@ class NodeDirectory:
                 found[i] = view
 
     def _forget(self, node_id: str) -> None:
+        self._signal_death(node_id)
         if self._views.pop(node_id, None) is not None:
             self._cache.clear()
         self._base.pop(node_id, None)

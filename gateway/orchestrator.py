@@ -22,10 +22,11 @@ streamed to the user is not re-routed for low confidence (its text is out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -58,6 +59,10 @@ class GatewayError(Exception):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+
+
+class NodeDied(Exception):
+    """The node an attempt was sent to went offline before answering."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,15 @@ class Router(Protocol):
 
     def release(self, reservation: Any) -> None: ...
 
+    def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set when the node dies (its will says offline) while inside."""
+        ...
+
     def model_size(self, node_id: str) -> float: ...
+
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
+        """Slots free now on nodes that would admit such a request; ``None``: no node ever would."""
+        ...
 
     def gap_likely(self, domain: str) -> bool:
         """No online node lists ``domain`` among its expertise."""
@@ -165,6 +178,7 @@ class Orchestrator:
         self.edge_timeout_s = edge_timeout_s
         self.max_edge_attempts = max_edge_attempts
         self.rng = random.Random()
+        self._waiting = 0  # admitted queries not yet holding a node reservation
 
     # --- non-streaming --------------------------------------------------------------
 
@@ -173,9 +187,24 @@ class Orchestrator:
         threshold = await self.books.check(query.tenant)
         if threshold is None:
             threshold = self.confidence_threshold
-        domain = query.domain or (await asyncio.to_thread(self.classify, _last_user(query)))[0]
-        query = replace(query, domain=domain)  # nodes learn the domain from the request
-        if self.cache is not None and (hit := await self.cache.lookup(query)) is not None:
+        free = self.router.free_slots(estimate_tokens(query.messages), query.max_tokens)
+        if (self.cloud is None or query.no_cloud) and free is not None and self._waiting >= free:
+            # Refused at once, before classifying: nothing at the edge could take it
+            # (queries admitted but not yet routed count against the free slots).
+            await self.books.record(
+                query, None, policy=self.router.policy_name, error=ErrorCode.OVERLOADED
+            )
+            raise GatewayError(
+                ErrorCode.OVERLOADED, "every edge node is busy and there is no cloud; retry later"
+            )
+        self._waiting += 1
+        try:
+            domain = query.domain or (await asyncio.to_thread(self.classify, _last_user(query)))[0]
+            query = replace(query, domain=domain)  # nodes learn the domain from the request
+            hit = None if self.cache is None else await self.cache.lookup(query)
+        finally:
+            self._waiting -= 1  # from here on its node reservation counts instead
+        if hit is not None:
             hit.domain, hit.latency_ms = domain, (time.perf_counter() - started) * 1e3
             await self.books.record(query, hit, policy=self.router.policy_name)
             return hit
@@ -246,12 +275,19 @@ class Orchestrator:
     ) -> Answer | None:
         reservation = self.router.reserve(node_id, prompt_tokens + query.max_tokens)
         try:
-            result = await self.rpc.call(
-                node_request_topic(node_id),
-                _chat(query, stream=False),
-                timeout=self.edge_timeout_s,
-                user=_user_props(query),
+            result = await self._unless_dead(
+                node_id,
+                self.rpc.call(
+                    node_request_topic(node_id),
+                    _chat(query, stream=False),
+                    timeout=self.edge_timeout_s,
+                    user=_user_props(query),
+                ),
             )
+        except NodeDied:
+            # Its correlation id is forgotten with the call: a late reply is dropped.
+            attempts.append(f"{node_id}: died mid-request")
+            return None
         except RpcError as exc:
             attempts.append(f"{node_id}: {exc.code.value}")
             if exc.code in RETRY_ELSEWHERE:
@@ -263,6 +299,23 @@ class Orchestrator:
         finally:
             self.router.release(reservation)
         return _edge_answer(result)
+
+    async def _unless_dead(self, node_id: str, call: Coroutine[Any, Any, Result]) -> Result:
+        """Await ``call`` unless the node's will says offline first (then :class:`NodeDied`)."""
+        with self.router.watch_death(node_id) as died:
+            attempt = asyncio.create_task(call, name=f"edge-attempt:{node_id}")
+            watch = asyncio.create_task(died.wait(), name=f"death-watch:{node_id}")
+            try:
+                await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+                if not attempt.done():
+                    attempt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await attempt
+        if attempt.cancelled():
+            raise NodeDied(node_id)
+        return attempt.result()
 
     async def _cloud(self, query: Query, attempts: list[str]) -> Answer:
         if self.cloud is None:

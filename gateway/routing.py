@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,14 @@ class PolicyRouter:
 
     def release(self, reservation: Any) -> None:
         self.directory.release(reservation)
+
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
+        return free_slots_among(
+            self.directory.candidates(self.capability), prompt_tokens, max_tokens
+        )
+
+    def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        return self.directory.watch_death(node_id)
 
     def model_size(self, node_id: str) -> float:
         """Parameters of the node's first model ("135M" -> 1.35e8); 0 when unknown."""
@@ -132,3 +142,12 @@ def load_classify() -> tuple[
         return result.domain, float(result.complexity)
 
     return classify, encoder.encode
+
+
+def free_slots_among(views: Iterable[NodeView], prompt_tokens: int, max_tokens: int) -> int | None:
+    """Free slots now on the nodes that could ever take such a request; ``None`` if none could."""
+    tokens = prompt_tokens + max_tokens
+    able = [v for v in views if v.can_take(tokens, max_tokens)]
+    if not able:
+        return None
+    return sum(v.free_slots for v in able if v.fits(tokens, max_tokens))

@@ -92,7 +92,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
             edge_timeout_s=config.edge_timeout_s,
             max_edge_attempts=config.max_edge_attempts,
         )
-        await RpcServer(bus).serve(INGRESS, _ingress(orchestrator))
+        await RpcServer(bus).serve(INGRESS, _ingress(orchestrator, config.client_tenants()))
 
         def models() -> list[str]:
             found = {
@@ -159,16 +159,35 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
             await serving
 
 
-def _ingress(orchestrator: Orchestrator) -> Any:
+def _bound_tenant(client_tenants: dict[str, str], req: Request) -> str:
+    """The requester's tenant in the secure profile: who can read the reply decides.
+
+    Only the client named in ``reply/{client}/...`` can read the answer (ACL), so
+    that client is the requester; its tenant comes from the manifest, and a request
+    claiming another tenant is refused.
+    """
+    requester = (req.inbound.response_topic or "").split("/")[1:2]
+    tenant = client_tenants.get(requester[0]) if requester else None
+    if tenant is None:
+        raise RpcError(ErrorCode.UNAUTHORIZED, "requester belongs to no tenant of this gateway")
+    if req.tenant is not None and req.tenant != tenant:
+        raise RpcError(ErrorCode.UNAUTHORIZED, f"requester may not act for tenant {req.tenant!r}")
+    return tenant
+
+
+def _ingress(orchestrator: Orchestrator, client_tenants: dict[str, str] | None = None) -> Any:
     async def handle(req: Request) -> Result:
         body = req.body
         if not isinstance(body, Chat):
             raise RpcError(ErrorCode.BAD_REQUEST, f"expected a chat request, got {body.KIND}")
+        tenant = req.tenant or "default"
+        if client_tenants:
+            tenant = _bound_tenant(client_tenants, req)
         query = Query(
             messages=body.messages,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
-            tenant=req.tenant or "default",
+            tenant=tenant,
             trace=req.trace,
             no_cloud=req.no_cloud,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,6 +35,12 @@ class FakeRouter:
 
     def release(self, reservation: Any) -> None:
         self.held.remove(reservation)
+
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int:
+        return 1 << 30
+
+    def watch_death(self, node_id: str) -> Any:
+        return contextlib.nullcontext(asyncio.Event())
 
     def model_size(self, node_id: str) -> float:
         return next(n.size for n in self.nodes if n.node_id == node_id)

@@ -1,0 +1,132 @@
+"""Who may publish and subscribe where: the ACL of the secure profile, per role.
+
+Mosquitto 2.0 ``acl_file`` semantics this relies on (checked by ``tests/test_secure_acl.py``):
+
+- ``pattern`` lines apply to every authenticated user, with ``%c`` (client id) and
+  ``%u`` (user name) substituted; ``user NAME`` blocks list ``topic`` lines for one
+  user. Anything not granted is denied.
+- A SUBSCRIBE is granted only if an ACL entry with read access covers the whole
+  filter (``data/#`` does not cover ``#``); a refused filter gets SUBACK reason
+  0x87 (not authorized). A ``$share/{group}/...`` filter is checked against the
+  plain filter after the group.
+- A PUBLISH without write access is dropped; a v5 client at QoS 1 gets PUBACK 0x87.
+- Read access is checked again at delivery, so a message never reaches a
+  subscriber that lacks it.
+
+The broker runs with ``use_username_as_clientid true``, so ``%c`` equals the
+authenticated user name: an agent cannot claim another agent's client id to read
+its replies. Tenants do not appear in topic names; tenant isolation comes from
+per-agent rules: each client reads only ``reply/{itself}/#``; a tenant-bound
+agent reads data only from agents of its own tenant and CMS tenant entries only
+of its tenant; nodes and gateways are shared infrastructure and belong to none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from broker.secure.manifest import Agent, Manifest
+
+Access = Literal["read", "write", "readwrite"]
+
+#: Rules every authenticated client gets (``%c`` is its own id).
+COMMON_PATTERNS: tuple[tuple[Access, str], ...] = (("readwrite", "reply/%c/#"),)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    access: Access
+    topic: str
+
+
+def acl_rules(agent: Agent, manifest: Manifest) -> list[Rule]:
+    """The explicit rules of one agent (on top of :data:`COMMON_PATTERNS`)."""
+    a = agent.id
+    rules: list[tuple[Access, str]]
+    if agent.role == "node":
+        rules = [
+            ("readwrite", f"slm/nodes/{a}/#"),  # birth, state (and its will), load
+            ("readwrite", f"slm/metrics/{a}/#"),
+            ("readwrite", f"slm/configs/{a}/#"),
+            ("readwrite", "slm/models/#"),  # model details, shared by nodes of one model
+            ("read", "slm/nodes/#"),
+            ("read", "slm/parameters/#"),
+            ("read", "slm/configs/#"),
+            ("read", f"computation/node/{a}/request"),
+            ("read", "computation/+/request"),  # capability pools
+            ("write", "computation/+/request"),  # asking peers
+            ("readwrite", "knowledge/+/query"),
+            ("write", f"data/+/+/{a}"),
+            ("read", "data/#"),
+            ("write", "reply/#"),  # answers go to the requester's reply topic
+        ]
+    elif agent.role == "gateway":
+        rules = [
+            ("read", "slm/#"),
+            ("write", "slm/inference/#"),
+            ("write", "slm/cache/#"),
+            ("write", "slm/sessions/#"),
+            ("write", "slm/scaling/#"),
+            ("write", "computation/#"),
+            ("read", "computation/query/request"),  # the MQTT ingress
+            ("readwrite", "knowledge/+/query"),
+            ("read", "data/#"),
+            ("write", "reply/#"),
+        ]
+    elif agent.role == "sensor":
+        rules = [
+            ("write", f"data/+/+/{a}"),
+            *_tenant_data(agent, manifest),
+            ("read", "slm/nodes/#"),
+            ("write", "knowledge/+/query"),
+            ("write", "computation/query/request"),
+        ]
+        if agent.tenant is not None:
+            rules.append(("read", f"slm/tenants/{agent.tenant}/#"))
+    else:  # operator
+        if agent.tenant is None:
+            rules = [
+                ("read", "slm/#"),
+                ("write", "slm/tenants/#"),
+                ("write", "slm/parameters/#"),
+                ("write", "slm/configs/#"),
+                ("write", "slm/scaling/#"),
+                ("write", "slm/fine_tuning/#"),
+                ("read", "data/#"),
+            ]
+        else:
+            rules = [
+                ("readwrite", f"slm/tenants/{agent.tenant}/#"),
+                ("read", "slm/nodes/#"),
+                ("read", "slm/metrics/#"),
+                *_tenant_data(agent, manifest),
+            ]
+        rules.append(("write", "computation/query/request"))
+    return [Rule(access, topic) for access, topic in rules]
+
+
+def _tenant_data(agent: Agent, manifest: Manifest) -> list[tuple[Access, str]]:
+    """Read access to the data streams of the agents of the same tenant (or of no tenant)."""
+    peers = [
+        p.id
+        for p in manifest.agents
+        if p.tenant == agent.tenant and p.role in ("sensor", "operator")
+    ]
+    return [("read", f"data/+/+/{peer}") for peer in peers]
+
+
+def render_acl(manifest: Manifest) -> str:
+    """The Mosquitto ``acl_file`` text for every agent of ``manifest``."""
+    lines = [
+        "# Generated by `edgecollab broker secure-config` from the deployment manifest.",
+        "# Do not edit: regenerate. Semantics: broker/secure/acl.py.",
+        "",
+        "# Every client: its own reply topics (client id = user name, enforced).",
+    ]
+    lines += [f"pattern {access} {topic}" for access, topic in COMMON_PATTERNS]
+    for agent in manifest.agents:
+        tenant = f", tenant {agent.tenant}" if agent.tenant else ""
+        lines += ["", f"# {agent.role}{tenant}", f"user {agent.id}"]
+        lines += [f"topic {rule.access} {rule.topic}" for rule in acl_rules(agent, manifest)]
+    return "\n".join(lines) + "\n"
