@@ -31,7 +31,7 @@ from broker import BusError, ChatMessage, Cms
 from broker.topics import cms_key
 from gateway.nodes import NodeView
 from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
-from gateway.planner import Plan, Subtask
+from gateway.planner import Plan, PlanError, Subtask, make_plan
 from gateway.policies import RequestShape
 from gateway.routing import PolicyRouter
 
@@ -255,6 +255,27 @@ class CollabRunner:
             logger.warning("could not write %s: %s", key, exc)
 
 
+async def run_planned(
+    orchestrator: Orchestrator, query: Query, template: str, **plan_options: Any
+) -> CollabOutcome:
+    """Decompose ``query`` (``template`` ``auto``: chosen by rule) and run the plan.
+
+    The query's ``max_tokens`` caps every subtask's.
+    """
+    plan_options.setdefault("max_tokens", query.max_tokens)
+    text = next((m.content for m in reversed(query.messages) if m.role == "user"), "")
+    if not text:
+        raise PlanError("a planned query needs a user message")
+    domain = query.domain or (await asyncio.to_thread(orchestrator.classify, text))[0]
+    plan = make_plan(
+        text, domain, template=None if template == "auto" else template, **plan_options
+    )
+    runner = CollabRunner(orchestrator)
+    return await runner.run(
+        plan, tenant=query.tenant, no_cloud=query.no_cloud, trace=query.trace or plan.task_id
+    )
+
+
 @dataclass(slots=True)
 class _Context:
     tenant: str
@@ -305,4 +326,4 @@ def _joined(steps: list[StepOutcome]) -> str:
     )
 
 
-__all__ = ["CollabOutcome", "CollabRunner", "ScopedRouter", "StepOutcome"]
+__all__ = ["CollabOutcome", "CollabRunner", "ScopedRouter", "StepOutcome", "run_planned"]

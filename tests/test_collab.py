@@ -15,15 +15,29 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from broker import BusClient, Chat, Cms, Inbound, MosquittoBroker, decode
+from broker import (
+    BusClient,
+    Chat,
+    Cms,
+    ErrorCode,
+    Inbound,
+    MosquittoBroker,
+    RpcClient,
+    RpcError,
+    decode,
+)
+from broker.topics import capability_request_topic
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from gateway.collab import CollabRunner
 from gateway.config import GatewayConfig
 from gateway.planner import Plan, Subtask, choose_template, make_plan
 from gateway.service import RunningGateway, running_gateway
 from tests.helpers import eventually, is_online, running_node, settings
+
+INGRESS_TOPIC = capability_request_topic("query")  # the gateways' shared MQTT ingress
 
 
 @contextlib.asynccontextmanager
@@ -255,3 +269,29 @@ async def test_parallel_fan_out_retries_a_killed_agent_elsewhere_then_degrades(
             assert any("quorum not met: 2 of 3" in n for n in outcome.notes)
             assert "aggregate" not in {s.name for s in outcome.steps}
             assert "[no answer" in outcome.answer
+
+
+async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_path, prefix):
+    async with (
+        running_node(
+            mosquitto, sim(), f"{prefix}-gen", capabilities=[prefix], expertise=["general"]
+        ),
+        gateway(mosquitto, tmp_path, prefix) as gw,
+        BusClient(settings(mosquitto), f"{prefix}-app") as bus,
+        RpcClient(bus) as rpc,
+    ):
+        await seen_by(gw, f"{prefix}-gen")
+        ask = Chat.user("What is 2 + 2?", max_tokens=8, meta={"plan": "auto"})
+        result = await rpc.call(INGRESS_TOPIC, ask, timeout=30)
+        unknown = Chat.user("What is 2 + 2?", meta={"plan": "no-such-template"})
+        with pytest.raises(RpcError) as bad:
+            await rpc.call(INGRESS_TOPIC, unknown, timeout=30)
+    assert result.meta["route"] == "collab"
+    assert result.meta["template"] == "single"
+    assert result.meta["steps"] == [
+        {"step": "answer", "node": f"{prefix}-gen", "route": "edge", "status": "done"}
+    ]
+    assert result.text.strip()
+    assert result.usage.completion_tokens == 8
+    assert bad.value.code is ErrorCode.BAD_REQUEST
+    assert "unknown plan template" in bad.value.message
