@@ -158,3 +158,24 @@ async def test_no_expert_online_the_node_answers_alone_and_says_why(
     assert bad.value.code is ErrorCode.BAD_REQUEST
     assert ok.meta["knowledge"]["role"] == "expert"
     assert ok.meta["knowledge"]["documents"][0]["id"] == "h-resting-hr"
+
+
+async def test_low_confidence_is_a_gap_and_an_expert_never_answers_itself(
+    mosquitto, engine, prefix, tmp_path
+):
+    node_id = f"{prefix}-solo"
+    knowledge = {"gap_confidence": 0.999, "ask_timeout_s": 10}
+    async with (
+        running_node(mosquitto, engine, node_id, expertise=["math"], knowledge=knowledge),
+        BusClient(settings(mosquitto), f"{prefix}-u") as bus,
+        RpcClient(bus) as rpc,
+    ):
+        ask = Chat.user("What is 17 times 23?", max_tokens=12, domain="math")
+        result = await rpc.call(node_request_topic(node_id), ask, timeout=60)
+    knowledge_meta = result.meta["knowledge"]
+    assert knowledge_meta["gap"].startswith("confidence ")
+    assert "below 0.999" in knowledge_meta["gap"]
+    # the only math expert is the asker: the shared group hands it its own query back
+    assert knowledge_meta["peer"] is None
+    assert "does not answer its own query" in knowledge_meta["error"]
+    assert result.text.strip()
