@@ -70,8 +70,18 @@ class ScopedRouter:
     def release(self, reservation: Any) -> None:
         self.base.release(reservation)
 
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Slots free now on the scoped nodes whose admission would take such a request."""
+        tokens = prompt_tokens + max_tokens
+        return sum(v.free_slots for v in self.candidates() if v.fits(tokens, max_tokens))
+
     def model_size(self, node_id: str) -> float:
         return self.base.model_size(node_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else the orchestrator asks of its router (presence watches...) is
+        # the gateway router's own.
+        return getattr(self.base, name)
 
     def gap_likely(self, domain: str) -> bool:
         return self.base.gap_likely(domain)

@@ -243,7 +243,11 @@ async def test_parallel_fan_out_retries_a_killed_agent_elsewhere_then_degrades(
             steps = {s.name: s for s in outcome.steps}
             assert outcome.status == "done", outcome.notes
             assert steps["traffic"].node == survivor
-            assert any(a.startswith(f"{victim}: expired") for a in steps["traffic"].attempts)
+            # given up at the attempt's deadline, or sooner when the gateway watches wills
+            assert any(
+                a.startswith(f"{victim}: ") and ("expired" in a or "died" in a)
+                for a in steps["traffic"].attempts
+            )
             assert steps["camera"].node == f"{prefix}-cam"
             assert steps["aggregate"].node == f"{prefix}-gen"
             assert took < 10 + 8  # the step's deadline, then the aggregate: never a hang
