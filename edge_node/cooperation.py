@@ -44,7 +44,7 @@ from broker.errors import BusError
 from broker.topics import knowledge_query_topic, parse_topic
 from edge_node.config import DataConfig, KnowledgeConfig, NodeConfig
 from edge_node.engines.base import Engine, EngineError
-from edge_node.knowledge import KnowledgeBase, KnowledgeError, Passage, read_documents
+from edge_node.knowledge import Embed, KnowledgeBase, KnowledgeError, Passage, read_documents
 
 logger = logging.getLogger(__name__)
 ASKER = "asker"
@@ -287,15 +287,24 @@ def _with_context(
 
 
 @functools.cache
-def _minilm() -> Callable[[Sequence[str]], npt.NDArray[np.float32]]:
+def _minilm() -> Embed:
     """One MiniLM encoder per process (thread-safe; nodes in one process share it)."""
     from broker.encoder import SentenceEncoder  # noqa: PLC0415 - 90 MB of weights, lazily
 
     return SentenceEncoder().encode
 
 
-def _minilm_or_none(k: KnowledgeConfig) -> Callable[[Sequence[str]], Any] | None:
-    return _minilm() if k.embedder == "minilm" else None
+def _embedder(k: KnowledgeConfig, engine: Engine) -> tuple[Embed, str]:
+    """The knowledge base's embedding function and its name (stored with each vector)."""
+    if k.embedder == "minilm":
+        return _minilm(), "minilm"
+    if not engine.supports_embeddings:
+        raise KnowledgeError("knowledge.embedder 'engine' needs engine.embeddings: true")
+
+    def embed(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return engine.embed(texts, normalize=True)
+
+    return embed, f"engine:{engine.info.model_id}"
 
 
 def open_knowledge_base(config: NodeConfig, engine: Engine) -> KnowledgeBase | None:
@@ -303,12 +312,7 @@ def open_knowledge_base(config: NodeConfig, engine: Engine) -> KnowledgeBase | N
     k = config.knowledge
     if k is None or not k.documents:
         return None
-    embed: Callable[[Sequence[str]], npt.NDArray[np.float32]] = _minilm_or_none(k) or (
-        lambda texts: engine.embed(texts, normalize=True)
-    )
-    name = "minilm" if k.embedder == "minilm" else f"engine:{engine.info.model_id}"
-    if k.embedder == "engine" and not engine.supports_embeddings:
-        raise KnowledgeError("knowledge.embedder 'engine' needs engine.embeddings: true")
+    embed, name = _embedder(k, engine)
     url = k.db_url
     if url is None:
         cache = Path.home() / ".cache" / "edgecollab"
