@@ -75,7 +75,7 @@ async def two_nodes(
             engine,
             f"{prefix}-asker",
             expertise=["general"],
-            knowledge={"ask_timeout_s": 20, **asker_knowledge},
+            knowledge={"ask_timeout_s": 60, **asker_knowledge},
         ),
     ):
         yield

@@ -27,7 +27,9 @@ async def test_health_scenario_short(fresh_broker, engine, cloud_url, tmp_path, 
     async with start_testbed(
         bus, engine, health.NODES, health.devices(bus, speed=20), cloud_url=cloud_url
     ) as bed:
-        outcome, report = await health.run_health(bed, max_tokens=24, report_dir=tmp_path)
+        outcome, report = await health.run_health(
+            bed, max_tokens=24, report_dir=tmp_path, subtask_deadline_s=240
+        )
         cms = await cms_entries(bed, outcome.plan.task_id)
     printed = capsys.readouterr().out
     assert outcome.status == "done", outcome.notes
@@ -59,7 +61,7 @@ async def test_urban_scenario_short(fresh_broker, engine, cloud_url, capsys):
     async with start_testbed(
         bus, engine, urban.NODES, urban.devices(bus, speed=20), cloud_url=cloud_url
     ) as bed:
-        outcome = await urban.run_urban(bed, max_tokens=24, subtask_deadline_s=60)
+        outcome = await urban.run_urban(bed, max_tokens=24, subtask_deadline_s=240)
         cms = await cms_entries(bed, outcome.plan.task_id)
     printed = capsys.readouterr().out
     assert outcome.plan.template == "event_risk"  # chosen by the rule, not named

@@ -51,12 +51,23 @@ def devices(bus: BusSettings, speed: float = 20.0) -> list[SensorConfig]:
 
 
 async def run_health(
-    bed: Testbed, *, question: str = QUESTION, max_tokens: int | None = None, report_dir: Path
+    bed: Testbed,
+    *,
+    question: str = QUESTION,
+    max_tokens: int | None = None,
+    report_dir: Path,
+    subtask_deadline_s: float = 120.0,
 ) -> tuple[CollabOutcome, Path]:
     """Run the pipeline on ``bed``; print what happened; write the clinician report."""
     await bed.wait_for_data(DATA)
     domain, _ = await asyncio.to_thread(bed.gateway.orchestrator.classify, question)
-    plan = make_plan(question, domain, template="health_check", max_tokens=max_tokens)
+    plan = make_plan(
+        question,
+        domain,
+        template="health_check",
+        max_tokens=max_tokens,
+        subtask_deadline_s=subtask_deadline_s,
+    )
     print(f'wearer asks: "{question}"')
     print(f"classified: {domain}; the request is no-cloud: health data stays on the edge")
     outcome = await bed.runner.run(plan, tenant="wearer-1", no_cloud=True)

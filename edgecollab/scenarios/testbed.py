@@ -110,7 +110,7 @@ async def start_testbed(
     devices: Sequence[SensorConfig],
     *,
     cloud_url: str | None = None,
-    subtask_timeout_s: float = 90.0,
+    edge_timeout_s: float = 90.0,
 ) -> AsyncIterator[Testbed]:
     """Start ``nodes`` on ``engine``, ``devices`` and a gateway; stop them all on exit."""
     stop = asyncio.Event()
@@ -139,7 +139,7 @@ async def start_testbed(
                 )
                 sensors[config.agent_id] = sensor
             gw = await stack.enter_async_context(
-                running_gateway(_gateway_config(bus, workdir, cloud_url, subtask_timeout_s))
+                running_gateway(_gateway_config(bus, workdir, cloud_url, edge_timeout_s))
             )
         finally:
             stack.push_async_callback(finish)  # runs first on exit, before devices close
@@ -152,7 +152,7 @@ async def start_testbed(
 
 
 def _gateway_config(
-    bus: BusSettings, workdir: Path, cloud_url: str | None, subtask_timeout_s: float
+    bus: BusSettings, workdir: Path, cloud_url: str | None, edge_timeout_s: float
 ) -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
@@ -162,7 +162,7 @@ def _gateway_config(
             "capability": POOL,
             "ledger_url": f"sqlite:///{workdir}/ledger.sqlite3",
             "cache_enabled": False,
-            "edge_timeout_s": subtask_timeout_s,
+            "edge_timeout_s": edge_timeout_s,
             "cloud": {
                 "base_url": cloud_url or "http://127.0.0.1:9/v1",
                 "model": CLOUD_MODEL,
