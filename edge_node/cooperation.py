@@ -14,8 +14,9 @@ answered. A node also grounds answers in its own domain in its own knowledge bas
 
 **Data.** With a ``data`` section the node follows ``data/`` topics
 (:class:`broker.datafollow.DataFollower`) and puts a summary of the latest
-readings (and recent events) into the prompt; ``result.meta["grounding"]`` lists
-the readings it used.
+readings (and recent events) into the prompt, with how alike each window's
+embedding is to that stream's nearest earlier windows (a low value flags an
+unusual window); ``result.meta["grounding"]`` lists the readings it used.
 
 A query carries the user property ``asker``: an expert never answers its own
 query (``not_found``), so a low-confidence expert asking about its own domain
@@ -39,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from broker import BusClient, Chat, ChatMessage, ErrorCode, Request, Result, RpcClient, RpcError
-from broker.datafollow import DataFollower
+from broker.datafollow import DataFollower, Sample
 from broker.errors import BusError
 from broker.topics import knowledge_query_topic, parse_topic
 from edge_node.config import DataConfig, KnowledgeConfig, NodeConfig
@@ -49,6 +50,7 @@ from edge_node.knowledge import Embed, KnowledgeBase, KnowledgeError, Passage, r
 logger = logging.getLogger(__name__)
 ASKER = "asker"
 GENERAL = "general"
+LIKENESS_K = 5  # nearest other windows a reading's embedding is compared with
 PEER_SHARE = 0.5  # of the request's remaining time, at most, for a peer's answer
 
 AnswerFn = Callable[[Request, Chat], Awaitable[Result]]
@@ -210,7 +212,8 @@ class Cooperation:
         fresh = [s for s in follower.latest_samples() if now - s.received_at <= data.max_age_s]
         fresh.sort(key=lambda s: s.meta.timestamp, reverse=True)
         used = fresh[: data.max_readings]
-        lines = [_reading_line(s) for s in used]
+        likeness = [_likeness(follower, s) for s in used]
+        lines = [_reading_line(s, like) for s, like in zip(used, likeness, strict=True)]
         events = [e for e in follower.events if now - e.received_at <= data.max_age_s][-3:]
         lines += [
             f"event from {e.agent_id}: {e.event.type} ({e.event.phase}, {e.event.severity}) "
@@ -230,14 +233,27 @@ class Cooperation:
                     "source": s.meta.source,
                     "values": {k: round(v, 3) for k, v in s.meta.summary.items()},
                     "units": dict(s.meta.units),
+                    "likeness": like,
                 }
-                for s in used
+                for s, like in zip(used, likeness, strict=True)
             ],
             "events": [{"agent": e.agent_id, "type": e.event.type} for e in events],
         }
 
 
-def _reading_line(sample: Any) -> str:
+def _likeness(follower: DataFollower, sample: Sample) -> float | None:
+    """Mean cosine of a window's embedding to its stream's nearest other windows.
+
+    Near 1: the window looks like what this stream usually sends; lower: unusual.
+    ``None`` with fewer than three other windows indexed.
+    """
+    where = {"agent_id": sample.agent_id, "stream": sample.stream}
+    hits = follower.search(sample.vector, LIKENESS_K + 1, model=sample.model, where=where)
+    others = [h.score for h in hits[1:]]  # the best hit is the window itself
+    return round(float(np.mean(others)), 3) if len(others) >= 3 else None
+
+
+def _reading_line(sample: Sample, likeness: float | None = None) -> str:
     meta = sample.meta
     where = meta.location.get("site") or meta.location.get("placement") or "unknown place"
     values = ", ".join(
@@ -246,7 +262,10 @@ def _reading_line(sample: Any) -> str:
     )
     when = datetime.fromtimestamp(meta.timestamp, UTC).strftime("%H:%M:%S UTC")
     source = "synthetic" if meta.source == "synthetic" else meta.source
-    return f"{sample.agent_id} ({meta.type}, {where}, {when}, {source}): {values or 'no values'}"
+    like = "" if likeness is None else f"; similarity to past windows {likeness:.2f}"
+    return (
+        f"{sample.agent_id} ({meta.type}, {where}, {when}, {source}): {values or 'no values'}{like}"
+    )
 
 
 def _question(body: Chat) -> str:

@@ -102,8 +102,11 @@ def write_report(outcome: CollabOutcome, question: str, domain: str, directory: 
         "",
         "## Readings the on-body agents used",
         "",
-        "| agent | stream | window | time (UTC) | source | values |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Likeness: mean cosine of the window's embedding to the five nearest earlier "
+        "windows of its stream (near 1: usual for this wearer; low: unusual).",
+        "",
+        "| agent | stream | window | time (UTC) | source | values | likeness |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("vitals", "motion"):
         step = steps.get(name)
@@ -143,5 +146,5 @@ def _reading_row(r: dict[str, Any]) -> str:
     )
     return (
         f"| {r['agent']} | {r['stream']} | #{r['sequence']} | {when} | {r['source']} | "
-        f"{values or '-'} |"
+        f"{values or '-'} | {r.get('likeness') if r.get('likeness') is not None else '-'} |"
     )
