@@ -79,20 +79,25 @@ class Testbed:
     notes: list[str] = field(default_factory=list)
 
     async def wait_for_data(
-        self, expected: Mapping[str, Sequence[str]], timeout: float = 30.0
+        self, expected: Mapping[str, Sequence[str]], timeout: float = 30.0, windows: int = 4
     ) -> None:
-        """Until each data-following node holds at least one reading per stream it expects."""
+        """Until each data-following node has seen ``windows`` windows of each stream it
+        expects (enough for a reading's likeness to earlier windows)."""
         async with asyncio.timeout(timeout):
             for node_id, streams in expected.items():
                 coop = self.nodes[node_id].cooperation
                 follower = None if coop is None else coop.follower
                 if follower is None:
                     raise ValueError(f"{node_id} follows no data")
-                await follower.wait_for(_has_streams(follower, set(streams)), timeout)
+                await follower.wait_for(_has_streams(follower, set(streams), windows), timeout)
 
 
-def _has_streams(follower: DataFollower, want: set[str]) -> Callable[[], bool]:
-    return lambda: want <= {s.stream for s in follower.latest_samples()}
+def _has_streams(follower: DataFollower, want: set[str], windows: int) -> Callable[[], bool]:
+    def check() -> bool:
+        got = {s.stream for s in follower.latest_samples() if s.meta.sequence >= windows - 1}
+        return want <= got
+
+    return check
 
 
 def device_config(name: str, bus: BusSettings, speed: float, **changes: Any) -> SensorConfig:
