@@ -37,6 +37,7 @@ async def test_health_scenario_short(fresh_broker, engine, cloud_url, tmp_path, 
     assert [s.node for s in outcome.steps] == ["wrist-vitals", "gait-motion", "assistant"]
     vitals = steps["vitals"].meta["grounding"]["readings"]
     assert {(r["agent"], r["stream"]) for r in vitals} == {("wearable-1", "vitals")}
+    assert 0.0 < vitals[0]["likeness"] <= 1.0  # compared with earlier vitals embeddings
     motion = {r["stream"] for r in steps["motion"].meta["grounding"]["readings"]}
     assert motion <= {"gait", "imu"}
     assert motion
