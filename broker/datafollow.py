@@ -162,6 +162,20 @@ class DataFollower:
         """:meth:`search` in a worker thread (for large indexes on an event loop)."""
         return await asyncio.to_thread(self.search, vector, k, model=model, where=where)
 
+    def similar(
+        self, agent_id: str, stream: str, k: int = 5, *, where: Where | None = None
+    ) -> list[Hit]:
+        """Samples most like the latest one of ``agent_id``'s ``stream`` (itself excluded):
+        "when did this wearer, or anyone, look like this before?"."""
+        sample = self._latest.get((agent_id, stream))
+        if sample is None:
+            return []
+        hits = self.search(sample.vector, k + 1, model=sample.model, where=where)
+        own = (agent_id, stream, sample.meta.sequence)
+        return [
+            h for h in hits if (h.meta["agent_id"], h.meta["stream"], h.meta["sequence"]) != own
+        ][:k]
+
     def latest(self, agent_id: str, stream: str) -> Sample | None:
         """The newest sample of one agent's stream."""
         return self._latest.get((agent_id, stream))

@@ -248,8 +248,8 @@ def _likeness(follower: DataFollower, sample: Sample) -> float | None:
     ``None`` with fewer than three other windows indexed.
     """
     where = {"agent_id": sample.agent_id, "stream": sample.stream}
-    hits = follower.search(sample.vector, LIKENESS_K + 1, model=sample.model, where=where)
-    others = [h.score for h in hits[1:]]  # the best hit is the window itself
+    hits = follower.similar(sample.agent_id, sample.stream, LIKENESS_K, where=where)
+    others = [h.score for h in hits]
     return round(float(np.mean(others)), 3) if len(others) >= 3 else None
 
 

@@ -13,7 +13,7 @@ head is dropped and the embedding sub-model converted with the TFLite converter.
   held out (tests/test_encoders.py scores nearest-centroid accuracy on them).
 - ``vitals-v1``: (30, 3) windows of the synthetic vitals stream (seed 1); classes
   normal/tachycardia/desaturation/bradypnea. Held out: seed 2.
-- ``accel-daphnet-v1``: (256, 9) windows of the Daphnet excerpt with synthetic
+- ``accel-daphnet-v1``: (128, 9) windows of the Daphnet excerpt with synthetic
   freezing episodes overlaid (seeds 100+); classes no_freeze/freeze. Held out: seed 7.
 
 Writes ``wearables/models/{name}.tflite`` and ``manifest.json`` (sha256, shapes,
@@ -67,7 +67,7 @@ def vitals(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def daphnet(seed: int, loops: int) -> tuple[np.ndarray, np.ndarray]:
     src = DaphnetSource(DaphnetConfig(inject_freezes=4, seed=seed, hop=32))
-    per_loop = (len(src.raw) - 256) // 32 + 1
+    per_loop = (len(src.raw) - 128) // 32 + 1
     windows = list(itertools.islice(src.windows(), per_loop * loops))
     return np.stack([w.data for w in windows]), np.array([w.label for w in windows])
 

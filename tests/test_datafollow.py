@@ -89,6 +89,13 @@ async def test_follower_indexes_filters_and_answers_similarity_queries(mosquitto
         assert latest.meta.label == "running"
         assert {s.stream for s in follower.latest_samples(domain)} == {"imu", "vitals"}
 
+        # The latest w2 sample is "running": its neighbours are running, itself excluded.
+        similar = follower.similar("w2", "imu", 4)
+        assert len(similar) == 4
+        assert {h.meta["label"] for h in similar} == {"running"}
+        assert all(h.meta["sequence"] != 19 for h in similar)
+        assert follower.similar("nobody", "imu") == []
+
 
 async def test_bad_payloads_are_counted_by_reason_and_survived(mosquitto, prefix):
     domain = prefix

@@ -15,6 +15,7 @@ from broker import BusClient, Cms, DataFollower
 from edgecollab.cli import main
 from tests.helpers import eventually, settings
 from wearables import SensorAgent, SensorConfig, SensorConfigError, load_sensor_config
+from wearables.cli import main as sensor_main
 from wearables.encoders import LiteRtConfig, build_encoder
 from wearables.sources import BasicMotionsConfig, BasicMotionsSource
 
@@ -145,10 +146,13 @@ def _base() -> dict[str, Any]:
 def test_config_errors_exit_2_with_a_clear_message(tmp_path, capsys, change, message):
     data = _base()
     change(data)
-    assert main(["sensor", "--config", str(_write(tmp_path, data))]) == 2
+    path = str(_write(tmp_path, data))
+    assert main(["sensor", "--config", path]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgecollab sensor: ")
     assert message in err
+    assert sensor_main(["--config", path]) == 2  # python -m wearables
+    assert message in capsys.readouterr().err
 
 
 def test_config_problems_found_at_start_exit_2(tmp_path, capsys):
@@ -188,3 +192,34 @@ async def test_cli_runs_an_agent_against_the_broker(mosquitto, prefix, tmp_path)
     assert stats["published"] == 20
     assert stats["rss_mb"] < 150
     assert list(stats["streams"]) == ["crowd"]
+
+
+async def test_agent_survives_a_broker_outage_and_resumes(fresh_broker, prefix):
+    stream = {
+        "name": "crowd",
+        "source": {"kind": "synthetic", "preset": "crowd"},
+        "encoder": {"type": "features", "steps": 30, "offset": [40, 0.3, 20], "scale": [50, 1, 20]},
+        "speed": 100.0,  # a window every 50 ms
+    }
+    config = _wearable(fresh_broker, f"{prefix}-cam", prefix, [stream])
+    stop = asyncio.Event()
+    async with SensorAgent(config) as agent:
+        task = asyncio.create_task(agent.run(stop))
+        await eventually(lambda: agent.stats["published"] >= 5, what="first samples")
+        await asyncio.to_thread(fresh_broker.stop)
+        await eventually(
+            lambda: agent.stats["streams"]["crowd"]["dropped"] >= 1, what="drops while down"
+        )
+        await asyncio.to_thread(fresh_broker.start)
+        async with (
+            BusClient(settings(fresh_broker), f"{prefix}-follower") as bus,
+            DataFollower(bus, [f"data/{prefix}/#"]) as follower,
+        ):
+            await follower.wait_for(lambda: follower.stats["indexed"] >= 3, timeout=10)
+            sample = follower.latest(f"{prefix}-cam", "crowd")
+            assert sample is not None
+            # Sequence numbers count dropped windows too: the gap shows the outage.
+            assert sample.meta.sequence > agent.stats["streams"]["crowd"]["published"] - 1
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 10)

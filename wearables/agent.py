@@ -8,7 +8,9 @@ stream, one named task: take the next window, encode it off the loop, publish an
 of :mod:`broker.data`, feed the detector and publish its episode boundaries as
 ``event`` messages (QoS 1) on ``data/{domain}/events/{agent_id}``. Windows are
 paced at ``hop / rate_hz / speed`` seconds; an agent that falls behind (slow
-encoder, lost connection) skips ahead instead of bursting.
+encoder, lost connection) skips ahead instead of bursting. Timestamps are on the
+replay clock: the stream's start (wall clock) plus the window's position in the
+stream, so that at ``speed`` > 1 durations (episodes, windows) stay physical.
 
 CMS: ``slm/devices/{agent_id}/info`` (retained: device, domain, location, streams
 with their model, dimension, channels and units) is written on start and cleared
@@ -83,6 +85,7 @@ class _Stream:
     encode_errors: int = 0
     events: int = 0
     started: float = 0.0
+    epoch: float = 0.0  # wall-clock time at which the replay started (the replay clock's zero)
     encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=512))
 
 
@@ -218,7 +221,7 @@ class SensorAgent:
                 dropped=s.dropped,
                 encode_errors=s.encode_errors,
                 events=s.events,
-                last_sequence=s.published - 1,
+                last_sequence=s.published + s.dropped - 1,
                 rate=s.published / elapsed if elapsed > 0 else 0.0,
                 encode_ms_mean=float(np.mean(lat)) if lat else 0.0,
                 encode_ms_p95=lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0,
@@ -266,7 +269,7 @@ class SensorAgent:
     async def _stream(self, s: _Stream, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         period = s.info.hop / s.info.rate_hz / s.config.speed
-        s.started = time.monotonic()
+        s.started, s.epoch = time.monotonic(), time.time()
         due = loop.time()
         while not stop.is_set():
             if s.config.max_windows is not None and s.published + s.dropped >= s.config.max_windows:
@@ -289,7 +292,8 @@ class SensorAgent:
             logger.warning("%s/%s: window skipped: %s", self.config.agent_id, s.config.name, exc)
             return
         s.encode_ms.append((time.perf_counter() - started) * 1000)
-        now = time.time()
+        # The replay clock: at speed 1 the wall clock; faster, durations stay physical.
+        now = s.epoch + window.offset_s
         window_s = s.info.steps / s.info.rate_hz
         meta = SampleMeta(
             domain=self.config.domain,

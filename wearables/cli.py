@@ -1,4 +1,10 @@
-"""``edgecollab sensor --config wearable.yaml``: run a device agent until SIGTERM or Ctrl-C."""
+"""``edgecollab sensor --config wearable.yaml``: run a device agent until SIGTERM or Ctrl-C.
+
+``python -m wearables --config wearable.yaml`` is the same command without the other
+roles: ``edgecollab`` imports every role (about 100 MB and 2 s on this machine),
+this entry point only the bus and the device code (a device installs only
+``edgecollab[sensor]``).
+"""
 
 from __future__ import annotations
 
@@ -21,9 +27,15 @@ logger = logging.getLogger(__name__)
 def add_sensor_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "sensor", help="run a device agent (wearable, camera, roadside unit, environment monitor)"
-    )
+    parser = subparsers.add_parser("sensor", help=HELP)
+    _add_arguments(parser)
+    return parser
+
+
+HELP = "run a device agent (wearable, camera, roadside unit, environment monitor)"
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="sensor YAML configuration")
     parser.add_argument("--agent-id", default=None, help="override agent_id")
     parser.add_argument("--port", type=int, default=None, help="override the broker port")
@@ -31,7 +43,17 @@ def add_sensor_parser(
         "--stats", action="store_true", help="print the agent's stats as JSON when it stops"
     )
     parser.set_defaults(func=run_sensor)
-    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wearables``: the sensor command alone."""
+    parser = argparse.ArgumentParser(prog="python -m wearables", description=HELP)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_sensor(args)
 
 
 async def serve(config: SensorConfig, *, print_stats: bool = False) -> None:

@@ -77,7 +77,11 @@ class FreezeIndexConfig(BaseModel):
 
     type: Literal["freeze_index"] = "freeze_index"
     event: str = Field("freezing_of_gait", description="event type published")
-    channel: str = Field("ankle_vert", description="the accelerometer axis analysed")
+    channels: tuple[str, ...] = Field(
+        ("ankle_fwd", "ankle_vert", "ankle_lat"),
+        min_length=1,
+        description="accelerometer axes whose band powers are summed",
+    )
     threshold: float = Field(3.0, gt=0, description="freeze-band / locomotion-band power")
     power_threshold: float = Field(
         2000.0, ge=0, description="minimum band power (mg^2) for there to be gait at all"
@@ -133,17 +137,18 @@ class FreezeIndexDetector(Detector):
     def __init__(
         self, config: FreezeIndexConfig, channels: tuple[str, ...], rate_hz: float
     ) -> None:
-        if config.channel not in channels:
-            raise SensorConfigError(f"freeze_index channel {config.channel!r} not in {channels}")
+        missing = set(config.channels) - set(channels)
+        if missing:
+            raise SensorConfigError(f"freeze_index channels {sorted(missing)} not in {channels}")
         super().__init__(config.min_windows, config.clear_windows, config.threshold)
         self.config, self.event = config, config.event
-        self._channel, self._rate = channels.index(config.channel), rate_hz
+        self._channels, self._rate = [channels.index(c) for c in config.channels], rate_hz
 
     def freeze_index(self, window: npt.NDArray[np.float32]) -> tuple[float, float]:
         """(freeze index, band power) of one window."""
-        x = window[:, self._channel].astype(np.float64)
-        x = (x - x.mean()) * np.hanning(len(x))
-        power = np.abs(np.fft.rfft(x)) ** 2 / len(x)
+        x = window[:, self._channels].astype(np.float64)
+        x = (x - x.mean(axis=0)) * np.hanning(len(x))[:, None]
+        power = (np.abs(np.fft.rfft(x, axis=0)) ** 2).sum(axis=1) / len(x)
         freqs = np.fft.rfftfreq(len(x), 1.0 / self._rate)
         freeze = float(power[(freqs > 3.0) & (freqs <= 8.0)].sum())
         loco = float(power[(freqs > 0.5) & (freqs <= 3.0)].sum())

@@ -116,7 +116,7 @@ class DaphnetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["daphnet"] = "daphnet"
-    steps: int = Field(256, ge=64, le=1024, description="window length (64 Hz samples)")
+    steps: int = Field(128, ge=64, le=1024, description="window length (64 Hz samples)")
     hop: int = Field(64, ge=1, le=1024, description="samples between windows")
     inject_freezes: int = Field(
         0, ge=0, le=8, description="synthetic freezing episodes overlaid per 110 s replay"
@@ -173,16 +173,18 @@ class DaphnetSource:
 def _tremble(
     x: npt.NDArray[np.float32], start: int, end: int, rate: float, rng: np.random.Generator
 ) -> None:
-    """Overlay a synthetic freeze on ``x[start:end]``: legs trembling, trunk nearly still."""
+    """Overlay a synthetic freeze on ``x[start:end]``: 15 % of the real motion remains, the
+    legs tremble at 4-7 Hz (80-250 mg), the trunk barely (40 % of that)."""
     t = np.arange(end - start) / rate
     ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.25)[:, None]  # 0.25 s cross-fades
     level = x[start:end].mean(axis=0)
     freq = rng.uniform(4.0, 7.0)
     shake = np.zeros((end - start, x.shape[1]), dtype=np.float32)
     for c in range(6):  # ankle and thigh
-        amp = rng.uniform(150.0, 350.0)
+        amp = rng.uniform(80.0, 250.0)
         shake[:, c] = amp * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
     shake += rng.normal(0.0, 25.0, size=shake.shape)
     shake[:, 6:] *= 0.4
-    frozen = level + shake
+    residual = np.full(x.shape[1], 0.15, dtype=np.float32)  # some gait motion remains
+    frozen = level + residual * (x[start:end] - level) + shake
     x[start:end] = (1 - ramp) * x[start:end] + ramp * frozen
