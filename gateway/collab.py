@@ -15,6 +15,9 @@ fallback, ledger), over the nodes whose CMS birth lists the step's expertise
 - **progress in the CMS**, retained with an expiry: ``slm/inference/{task}/plan``,
   ``.../status``, ``.../assigned_device`` and ``.../phase_{n}_output``.
 
+The tenant's quota is checked once before anything runs (``QuotaExceeded``); a
+limit reached while the plan runs degrades the remaining steps.
+
 ``edge_only`` steps (answers from data held on an agent) never go to the cloud:
 the cloud has no camera readings to report, so such a step degrades instead.
 """
@@ -34,6 +37,7 @@ from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
 from gateway.planner import Plan, PlanError, Subtask, make_plan
 from gateway.policies import RequestShape
 from gateway.routing import PolicyRouter
+from gateway.tenants import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 GENERAL = "general"
@@ -167,6 +171,7 @@ class CollabRunner:
         trace: str | None = None,
     ) -> CollabOutcome:
         started = time.perf_counter()
+        await self.orchestrator.books.check(tenant)  # over quota: QuotaExceeded, nothing runs
         await self._put(plan, "plan", plan.to_value())
         await self._put(plan, "status", "running")
         ctx = _Context(tenant=tenant, no_cloud=no_cloud, trace=trace or plan.task_id)
@@ -250,6 +255,8 @@ class CollabRunner:
             out = _degraded(step, f"no answer within {plan.subtask_deadline_s:g} s", started)
         except GatewayError as exc:
             out = _degraded(step, exc.message, started)
+        except QuotaExceeded as exc:  # reached while the plan ran: the rest degrades
+            out = _degraded(step, str(exc), started)
         else:
             out = _done(step, answer)
         ctx.assigned[step.name] = out.node

@@ -290,6 +290,14 @@ async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_
         unknown = Chat.user("What is 2 + 2?", meta={"plan": "no-such-template"})
         with pytest.raises(RpcError) as bad:
             await rpc.call(INGRESS_TOPIC, unknown, timeout=30)
+        # a tenant over its quota gets nothing planned, nothing run
+        tenant = f"{prefix}-broke"
+        await Cms(bus).put(f"slm/tenants/{tenant}/usage_limit", 0)
+        await eventually(
+            lambda: gw.mirror.get(f"slm/tenants/{tenant}/usage_limit") == 0, what="limit seen"
+        )
+        with pytest.raises(RpcError) as broke:
+            await rpc.call(INGRESS_TOPIC, ask, timeout=30, user={"tenant": tenant})
     assert result.meta["route"] == "collab"
     assert result.meta["template"] == "single"
     assert result.meta["steps"] == [
@@ -299,3 +307,5 @@ async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_
     assert result.usage.completion_tokens == 8
     assert bad.value.code is ErrorCode.BAD_REQUEST
     assert "unknown plan template" in bad.value.message
+    assert broke.value.code is ErrorCode.OVERLOADED
+    assert "limit" in broke.value.message
