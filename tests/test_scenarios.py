@@ -4,6 +4,9 @@ sharing one llama.cpp engine, simulated device agents replaying data, the real g
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from broker import BusClient, Cms
@@ -82,3 +85,15 @@ async def test_urban_scenario_short(fresh_broker, engine, cloud_url, capsys):
     assert cms["plan"]["mode"] == "parallel"
     assert set(cms["assigned_device"]) == {"crowd", "air", "traffic", "aggregate"}
     assert "cloud: nothing" in printed
+
+
+def test_the_scenario_command_refuses_an_unknown_scenario():
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecollab.cli", "scenario", "harbour"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'harbour'" in done.stderr
