@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
@@ -275,7 +276,9 @@ async def test_parallel_fan_out_retries_a_killed_agent_elsewhere_then_degrades(
             assert "[no answer" in outcome.answer
 
 
-async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_path, prefix):
+async def test_a_planned_query_through_the_mqtt_ingress_and_the_http_api(
+    mosquitto, tmp_path, prefix
+):
     async with (
         running_node(
             mosquitto, sim(), f"{prefix}-gen", capabilities=[prefix], expertise=["general"]
@@ -290,6 +293,25 @@ async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_
         unknown = Chat.user("What is 2 + 2?", meta={"plan": "no-such-template"})
         with pytest.raises(RpcError) as bad:
             await rpc.call(INGRESS_TOPIC, unknown, timeout=30)
+        # the same through the OpenAI-compatible API, with the X-Plan header
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0
+        )
+        try:
+            reply = await client.chat.completions.create(
+                model="edgecollab",
+                messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                max_tokens=6,
+                extra_headers={"X-Plan": "auto"},
+            )
+            with pytest.raises(openai.BadRequestError, match="unknown plan template"):
+                await client.chat.completions.create(
+                    model="edgecollab",
+                    messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                    extra_headers={"X-Plan": "no-such-template"},
+                )
+        finally:
+            await client.close()
         # a tenant over its quota gets nothing planned, nothing run
         tenant = f"{prefix}-broke"
         await Cms(bus).put(f"slm/tenants/{tenant}/usage_limit", 0)
@@ -307,5 +329,11 @@ async def test_a_planned_query_through_the_gateways_mqtt_ingress(mosquitto, tmp_
     assert result.usage.completion_tokens == 8
     assert bad.value.code is ErrorCode.BAD_REQUEST
     assert "unknown plan template" in bad.value.message
+    extra = (reply.model_extra or {})["edgecollab"]
+    assert extra["route"] == "collab"
+    assert extra["steps"][0]["node"] == f"{prefix}-gen"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 6
+    assert reply.choices[0].message.content
     assert broke.value.code is ErrorCode.OVERLOADED
     assert "limit" in broke.value.message
