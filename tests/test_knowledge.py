@@ -12,7 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from broker import BusClient, Chat, Embed, ErrorCode, Inbound, RpcClient, RpcError
+from broker import (
+    CBOR,
+    JSON,
+    BusClient,
+    Chat,
+    CodecError,
+    Embed,
+    ErrorCode,
+    Inbound,
+    RpcClient,
+    RpcError,
+    decode,
+    encode,
+)
 from broker.encoder import SentenceEncoder
 from broker.topics import knowledge_query_topic, node_request_topic
 from edge_node.knowledge import DATA_DIR, KnowledgeBase, KnowledgeError, read_documents
@@ -179,3 +192,15 @@ async def test_low_confidence_is_a_gap_and_an_expert_never_answers_itself(
     assert knowledge_meta["peer"] is None
     assert "does not answer its own query" in knowledge_meta["error"]
     assert result.text.strip()
+
+
+def test_chat_carries_a_validated_domain_on_the_wire():
+    for content_type in (JSON, CBOR):
+        wire = encode(Chat.user("hi", domain="health"), content_type)
+        assert decode(wire, content_type).domain == "health"
+    assert decode(encode(Chat.user("hi"))).domain is None
+    with pytest.raises(CodecError, match="domain"):
+        Chat.user("hi", domain="Health/Care")
+    bad = b'{"v":1,"kind":"chat","messages":[{"role":"user","content":"x"}],"domain":"a+b"}'
+    with pytest.raises(CodecError, match="domain"):
+        decode(bad, JSON)
