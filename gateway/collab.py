@@ -209,7 +209,7 @@ class CollabRunner:
             notes.append(f"quorum not met: {len(answered)} of {plan.quorum} needed answers")
             return CollabOutcome(plan, steps, _joined(steps), "degraded", notes)
         if plan.aggregate is None:
-            status = "degraded" if notes else "done"
+            status: Literal["done", "degraded"] = "degraded" if notes else "done"
             return CollabOutcome(plan, steps, _joined(answered), status, notes)
         await self._put(plan, "status", "aggregate")
         index = len(plan.steps) + 1
