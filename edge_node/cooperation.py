@@ -14,8 +14,9 @@ answered. A node also grounds answers in its own domain in its own knowledge bas
 
 **Data.** With a ``data`` section the node follows ``data/`` topics
 (:class:`broker.datafollow.DataFollower`) and puts a summary of the latest
-readings (and recent events) into the prompt; ``result.meta["grounding"]`` lists
-the readings it used.
+readings (and recent events) into the prompt, with how alike each window's
+embedding is to that stream's nearest earlier windows (a low value flags an
+unusual window); ``result.meta["grounding"]`` lists the readings it used.
 
 A query carries the user property ``asker``: an expert never answers its own
 query (``not_found``), so a low-confidence expert asking about its own domain
@@ -39,16 +40,17 @@ import numpy as np
 import numpy.typing as npt
 
 from broker import BusClient, Chat, ChatMessage, ErrorCode, Request, Result, RpcClient, RpcError
-from broker.datafollow import DataFollower
+from broker.datafollow import DataFollower, Sample
 from broker.errors import BusError
 from broker.topics import knowledge_query_topic, parse_topic
 from edge_node.config import DataConfig, KnowledgeConfig, NodeConfig
 from edge_node.engines.base import Engine, EngineError
-from edge_node.knowledge import KnowledgeBase, KnowledgeError, Passage, read_documents
+from edge_node.knowledge import Embed, KnowledgeBase, KnowledgeError, Passage, read_documents
 
 logger = logging.getLogger(__name__)
 ASKER = "asker"
 GENERAL = "general"
+LIKENESS_K = 5  # nearest other windows a reading's embedding is compared with
 PEER_SHARE = 0.5  # of the request's remaining time, at most, for a peer's answer
 
 AnswerFn = Callable[[Request, Chat], Awaitable[Result]]
@@ -210,7 +212,8 @@ class Cooperation:
         fresh = [s for s in follower.latest_samples() if now - s.received_at <= data.max_age_s]
         fresh.sort(key=lambda s: s.meta.timestamp, reverse=True)
         used = fresh[: data.max_readings]
-        lines = [_reading_line(s) for s in used]
+        likeness = [_likeness(follower, s) for s in used]
+        lines = [_reading_line(s, like) for s, like in zip(used, likeness, strict=True)]
         events = [e for e in follower.events if now - e.received_at <= data.max_age_s][-3:]
         lines += [
             f"event from {e.agent_id}: {e.event.type} ({e.event.phase}, {e.event.severity}) "
@@ -230,14 +233,27 @@ class Cooperation:
                     "source": s.meta.source,
                     "values": {k: round(v, 3) for k, v in s.meta.summary.items()},
                     "units": dict(s.meta.units),
+                    "likeness": like,
                 }
-                for s in used
+                for s, like in zip(used, likeness, strict=True)
             ],
             "events": [{"agent": e.agent_id, "type": e.event.type} for e in events],
         }
 
 
-def _reading_line(sample: Any) -> str:
+def _likeness(follower: DataFollower, sample: Sample) -> float | None:
+    """Mean cosine of a window's embedding to its stream's nearest other windows.
+
+    Near 1: the window looks like what this stream usually sends; lower: unusual.
+    ``None`` with fewer than three other windows indexed.
+    """
+    where = {"agent_id": sample.agent_id, "stream": sample.stream}
+    hits = follower.similar(sample.agent_id, sample.stream, LIKENESS_K, where=where)
+    others = [h.score for h in hits]
+    return round(float(np.mean(others)), 3) if len(others) >= 3 else None
+
+
+def _reading_line(sample: Sample, likeness: float | None = None) -> str:
     meta = sample.meta
     where = meta.location.get("site") or meta.location.get("placement") or "unknown place"
     values = ", ".join(
@@ -246,7 +262,10 @@ def _reading_line(sample: Any) -> str:
     )
     when = datetime.fromtimestamp(meta.timestamp, UTC).strftime("%H:%M:%S UTC")
     source = "synthetic" if meta.source == "synthetic" else meta.source
-    return f"{sample.agent_id} ({meta.type}, {where}, {when}, {source}): {values or 'no values'}"
+    like = "" if likeness is None else f"; similarity to past windows {likeness:.2f}"
+    return (
+        f"{sample.agent_id} ({meta.type}, {where}, {when}, {source}): {values or 'no values'}{like}"
+    )
 
 
 def _question(body: Chat) -> str:
@@ -287,15 +306,24 @@ def _with_context(
 
 
 @functools.cache
-def _minilm() -> Callable[[Sequence[str]], npt.NDArray[np.float32]]:
+def _minilm() -> Embed:
     """One MiniLM encoder per process (thread-safe; nodes in one process share it)."""
     from broker.encoder import SentenceEncoder  # noqa: PLC0415 - 90 MB of weights, lazily
 
     return SentenceEncoder().encode
 
 
-def _minilm_or_none(k: KnowledgeConfig) -> Callable[[Sequence[str]], Any] | None:
-    return _minilm() if k.embedder == "minilm" else None
+def _embedder(k: KnowledgeConfig, engine: Engine) -> tuple[Embed, str]:
+    """The knowledge base's embedding function and its name (stored with each vector)."""
+    if k.embedder == "minilm":
+        return _minilm(), "minilm"
+    if not engine.supports_embeddings:
+        raise KnowledgeError("knowledge.embedder 'engine' needs engine.embeddings: true")
+
+    def embed(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return engine.embed(texts, normalize=True)
+
+    return embed, f"engine:{engine.info.model_id}"
 
 
 def open_knowledge_base(config: NodeConfig, engine: Engine) -> KnowledgeBase | None:
@@ -303,12 +331,7 @@ def open_knowledge_base(config: NodeConfig, engine: Engine) -> KnowledgeBase | N
     k = config.knowledge
     if k is None or not k.documents:
         return None
-    embed: Callable[[Sequence[str]], npt.NDArray[np.float32]] = _minilm_or_none(k) or (
-        lambda texts: engine.embed(texts, normalize=True)
-    )
-    name = "minilm" if k.embedder == "minilm" else f"engine:{engine.info.model_id}"
-    if k.embedder == "engine" and not engine.supports_embeddings:
-        raise KnowledgeError("knowledge.embedder 'engine' needs engine.embeddings: true")
+    embed, name = _embedder(k, engine)
     url = k.db_url
     if url is None:
         cache = Path.home() / ".cache" / "edgecollab"

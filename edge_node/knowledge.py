@@ -200,6 +200,7 @@ class KnowledgeBase:
 __all__ = [
     "SHIPPED",
     "Document",
+    "Embed",
     "KnowledgeBase",
     "KnowledgeError",
     "Passage",

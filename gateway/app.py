@@ -2,8 +2,10 @@
 
 The ``openai`` SDK and curl work unchanged. The tenant is the ``X-Tenant``
 header (or the body's ``user`` field), ``X-No-Cloud: true`` keeps a request on
-the edge, ``X-Trace`` is passed along. Answers carry an extra ``edgecollab``
-object: route (edge, cloud, cache), node, confidence, escalation reason.
+the edge, ``X-Trace`` is passed along; ``X-Plan: auto`` (or a template name)
+asks for a decomposed answer (computation cooperation, :mod:`gateway.collab`).
+Answers carry an extra ``edgecollab`` object: route (edge, cloud, cache, collab),
+node, confidence, escalation reason.
 Bad input gets a 4xx with a message that says what is wrong.
 """
 
@@ -29,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker import ChatMessage, ErrorCode
 from broker.topics import validate_id
+from gateway.collab import CollabOutcome, run_planned
 from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
+from gateway.planner import PlanError
 from gateway.tenants import QuotaExceeded
 
 STATUS = {
@@ -130,7 +134,10 @@ def create_app(
             query = _query(body, request)
         except ValueError as exc:
             return _error(400, str(exc), "invalid_request_error")
+        plan = request.headers.get("x-plan")
         try:
+            if plan and not body.stream:  # computation cooperation: a decomposed answer
+                return await _planned(orchestrator, query, plan, body.model)
             if body.stream:
                 await orchestrator.books.check(query.tenant)  # a 429 before the 200 starts
                 return StreamingResponse(
@@ -213,6 +220,52 @@ def _completion(answer: Answer, requested_model: str) -> dict[str, Any]:
             "total_tokens": answer.prompt_tokens + answer.completion_tokens,
         },
         "edgecollab": _extra(answer),
+    }
+
+
+async def _planned(
+    orchestrator: Orchestrator, query: Query, plan: str, requested_model: str
+) -> Response:
+    try:
+        outcome = await run_planned(orchestrator, query, plan)
+    except PlanError as exc:
+        return _error(400, str(exc), "invalid_request_error")
+    return JSONResponse(_planned_completion(outcome, requested_model))
+
+
+def _planned_completion(outcome: CollabOutcome, requested_model: str) -> dict[str, Any]:
+    prompt = sum(s.prompt_tokens for s in outcome.steps)
+    completion = sum(s.completion_tokens for s in outcome.steps)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": requested_model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": outcome.answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        "edgecollab": {
+            "route": "collab",
+            "task": outcome.plan.task_id,
+            "template": outcome.plan.template,
+            "mode": outcome.plan.mode,
+            "status": outcome.status,
+            "steps": [
+                {"step": s.name, "node": s.node, "route": s.route, "status": s.status}
+                for s in outcome.steps
+            ],
+            "notes": outcome.notes,
+            "latency_ms": round(outcome.latency_ms, 1),
+        },
     }
 
 

@@ -15,6 +15,9 @@ fallback, ledger), over the nodes whose CMS birth lists the step's expertise
 - **progress in the CMS**, retained with an expiry: ``slm/inference/{task}/plan``,
   ``.../status``, ``.../assigned_device`` and ``.../phase_{n}_output``.
 
+The tenant's quota is checked once before anything runs (``QuotaExceeded``); a
+limit reached while the plan runs degrades the remaining steps.
+
 ``edge_only`` steps (answers from data held on an agent) never go to the cloud:
 the cloud has no camera readings to report, so such a step degrades instead.
 """
@@ -32,9 +35,10 @@ from broker import BusError, ChatMessage, Cms
 from broker.topics import cms_key
 from gateway.nodes import NodeView
 from gateway.orchestrator import Answer, GatewayError, Orchestrator, Query
-from gateway.planner import Plan, Subtask
+from gateway.planner import Plan, PlanError, Subtask, make_plan
 from gateway.policies import RequestShape
 from gateway.routing import PolicyRouter, free_slots_among
+from gateway.tenants import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 GENERAL = "general"
@@ -79,6 +83,11 @@ class ScopedRouter:
 
     def model_size(self, node_id: str) -> float:
         return self.base.model_size(node_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else the orchestrator asks of its router (presence watches...) is
+        # the gateway router's own.
+        return getattr(self.base, name)
 
     def gap_likely(self, domain: str) -> bool:
         return self.base.gap_likely(domain)
@@ -164,6 +173,7 @@ class CollabRunner:
         trace: str | None = None,
     ) -> CollabOutcome:
         started = time.perf_counter()
+        await self.orchestrator.books.check(tenant)  # over quota: QuotaExceeded, nothing runs
         await self._put(plan, "plan", plan.to_value())
         await self._put(plan, "status", "running")
         ctx = _Context(tenant=tenant, no_cloud=no_cloud, trace=trace or plan.task_id)
@@ -201,7 +211,8 @@ class CollabRunner:
             notes.append(f"quorum not met: {len(answered)} of {plan.quorum} needed answers")
             return CollabOutcome(plan, steps, _joined(steps), "degraded", notes)
         if plan.aggregate is None:
-            return CollabOutcome(plan, steps, _joined(answered), "degraded" if notes else "done")
+            status: Literal["done", "degraded"] = "degraded" if notes else "done"
+            return CollabOutcome(plan, steps, _joined(answered), status, notes)
         await self._put(plan, "status", "aggregate")
         index = len(plan.steps) + 1
         final = await self._step(plan, index, plan.aggregate, _previous(answered), ctx)
@@ -247,6 +258,8 @@ class CollabRunner:
             out = _degraded(step, f"no answer within {plan.subtask_deadline_s:g} s", started)
         except GatewayError as exc:
             out = _degraded(step, exc.message, started)
+        except QuotaExceeded as exc:  # reached while the plan ran: the rest degrades
+            out = _degraded(step, str(exc), started)
         else:
             out = _done(step, answer)
         ctx.assigned[step.name] = out.node
@@ -260,6 +273,27 @@ class CollabRunner:
             await self.cms.put(key, value, expiry_s=self.expiry_s)
         except BusError as exc:  # progress is informative; the plan goes on without it
             logger.warning("could not write %s: %s", key, exc)
+
+
+async def run_planned(
+    orchestrator: Orchestrator, query: Query, template: str, **plan_options: Any
+) -> CollabOutcome:
+    """Decompose ``query`` (``template`` ``auto``: chosen by rule) and run the plan.
+
+    The query's ``max_tokens`` caps every subtask's.
+    """
+    plan_options.setdefault("max_tokens", query.max_tokens)
+    text = next((m.content for m in reversed(query.messages) if m.role == "user"), "")
+    if not text:
+        raise PlanError("a planned query needs a user message")
+    domain = query.domain or (await asyncio.to_thread(orchestrator.classify, text))[0]
+    plan = make_plan(
+        text, domain, template=None if template == "auto" else template, **plan_options
+    )
+    runner = CollabRunner(orchestrator)
+    return await runner.run(
+        plan, tenant=query.tenant, no_cloud=query.no_cloud, trace=query.trace or plan.task_id
+    )
 
 
 @dataclass(slots=True)
@@ -312,4 +346,4 @@ def _joined(steps: list[StepOutcome]) -> str:
     )
 
 
-__all__ = ["CollabOutcome", "CollabRunner", "ScopedRouter", "StepOutcome"]
+__all__ = ["CollabOutcome", "CollabRunner", "ScopedRouter", "StepOutcome", "run_planned"]

@@ -39,12 +39,14 @@ from broker import (
 from gateway.app import create_app
 from gateway.books import LedgerBooks
 from gateway.cloud import CloudClient
+from gateway.collab import run_planned
 from gateway.config import GatewayConfig, GatewayConfigError, load_gateway_config
 from gateway.dashboard import Dashboard
 from gateway.dashboard_http import dashboard_router
 from gateway.ledger import Ledger, LedgerError
 from gateway.nodes import NodeDirectory
 from gateway.orchestrator import GatewayError, Orchestrator, Query
+from gateway.planner import PlanError
 from gateway.pricing import PriceTable
 from gateway.routing import CacheAdapter, PolicyRouter, load_classify
 from gateway.tenants import QuotaExceeded
@@ -191,6 +193,9 @@ def _ingress(orchestrator: Orchestrator, client_tenants: dict[str, str] | None =
             trace=req.trace,
             no_cloud=req.no_cloud,
         )
+        plan = body.meta.get("plan")
+        if plan is not None:  # computation cooperation: {"plan": "auto" | template name}
+            return await _planned(orchestrator, query, plan)
         try:
             answer = await orchestrator.answer(query)
         except QuotaExceeded as exc:
@@ -209,6 +214,35 @@ def _ingress(orchestrator: Orchestrator, client_tenants: dict[str, str] | None =
         )
 
     return handle
+
+
+async def _planned(orchestrator: Orchestrator, query: Query, template: Any) -> Result:
+    if not isinstance(template, str):
+        raise RpcError(ErrorCode.BAD_REQUEST, "meta.plan must be 'auto' or a template name")
+    try:
+        outcome = await run_planned(orchestrator, query, template)
+    except PlanError as exc:
+        raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
+    except QuotaExceeded as exc:
+        raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
+    steps = outcome.steps
+    return Result(
+        text=outcome.answer,
+        usage=Usage(sum(s.prompt_tokens for s in steps), sum(s.completion_tokens for s in steps)),
+        timings={"total_ms": round(outcome.latency_ms, 3)},
+        meta={
+            "route": "collab",
+            "task": outcome.plan.task_id,
+            "template": outcome.plan.template,
+            "mode": outcome.plan.mode,
+            "status": outcome.status,
+            "steps": [
+                {"step": s.name, "node": s.node, "route": s.route, "status": s.status}
+                for s in steps
+            ],
+            "notes": outcome.notes,
+        },
+    )
 
 
 # --- command ------------------------------------------------------------------------

@@ -65,7 +65,7 @@ async def running_node(
     agent = NodeAgent(config, engine)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait_for(agent.ready.wait(), 10)
+    await asyncio.wait_for(agent.ready.wait(), 60)  # a knowledge base embeds its documents first
     try:
         yield agent
     finally:

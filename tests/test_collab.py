@@ -15,15 +15,30 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
+import pytest
 import yaml
 
-from broker import BusClient, Chat, Cms, Inbound, MosquittoBroker, decode
+from broker import (
+    BusClient,
+    Chat,
+    Cms,
+    ErrorCode,
+    Inbound,
+    MosquittoBroker,
+    RpcClient,
+    RpcError,
+    decode,
+)
+from broker.topics import capability_request_topic
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from gateway.collab import CollabRunner
 from gateway.config import GatewayConfig
 from gateway.planner import Plan, Subtask, choose_template, make_plan
 from gateway.service import RunningGateway, running_gateway
 from tests.helpers import eventually, is_online, running_node, settings
+
+INGRESS_TOPIC = capability_request_topic("query")  # the gateways' shared MQTT ingress
 
 
 @contextlib.asynccontextmanager
@@ -229,7 +244,11 @@ async def test_parallel_fan_out_retries_a_killed_agent_elsewhere_then_degrades(
             steps = {s.name: s for s in outcome.steps}
             assert outcome.status == "done", outcome.notes
             assert steps["traffic"].node == survivor
-            assert any(a.startswith(f"{victim}: expired") for a in steps["traffic"].attempts)
+            # given up at the attempt's deadline, or sooner when the gateway watches wills
+            assert any(
+                a.startswith(f"{victim}: ") and ("expired" in a or "died" in a)
+                for a in steps["traffic"].attempts
+            )
             assert steps["camera"].node == f"{prefix}-cam"
             assert steps["aggregate"].node == f"{prefix}-gen"
             assert took < 10 + 8  # the step's deadline, then the aggregate: never a hang
@@ -255,3 +274,66 @@ async def test_parallel_fan_out_retries_a_killed_agent_elsewhere_then_degrades(
             assert any("quorum not met: 2 of 3" in n for n in outcome.notes)
             assert "aggregate" not in {s.name for s in outcome.steps}
             assert "[no answer" in outcome.answer
+
+
+async def test_a_planned_query_through_the_mqtt_ingress_and_the_http_api(
+    mosquitto, tmp_path, prefix
+):
+    async with (
+        running_node(
+            mosquitto, sim(), f"{prefix}-gen", capabilities=[prefix], expertise=["general"]
+        ),
+        gateway(mosquitto, tmp_path, prefix) as gw,
+        BusClient(settings(mosquitto), f"{prefix}-app") as bus,
+        RpcClient(bus) as rpc,
+    ):
+        await seen_by(gw, f"{prefix}-gen")
+        ask = Chat.user("What is 2 + 2?", max_tokens=8, meta={"plan": "auto"})
+        result = await rpc.call(INGRESS_TOPIC, ask, timeout=30)
+        unknown = Chat.user("What is 2 + 2?", meta={"plan": "no-such-template"})
+        with pytest.raises(RpcError) as bad:
+            await rpc.call(INGRESS_TOPIC, unknown, timeout=30)
+        # the same through the OpenAI-compatible API, with the X-Plan header
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0
+        )
+        try:
+            reply = await client.chat.completions.create(
+                model="edgecollab",
+                messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                max_tokens=6,
+                extra_headers={"X-Plan": "auto"},
+            )
+            with pytest.raises(openai.BadRequestError, match="unknown plan template"):
+                await client.chat.completions.create(
+                    model="edgecollab",
+                    messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                    extra_headers={"X-Plan": "no-such-template"},
+                )
+        finally:
+            await client.close()
+        # a tenant over its quota gets nothing planned, nothing run
+        tenant = f"{prefix}-broke"
+        await Cms(bus).put(f"slm/tenants/{tenant}/usage_limit", 0)
+        await eventually(
+            lambda: gw.mirror.get(f"slm/tenants/{tenant}/usage_limit") == 0, what="limit seen"
+        )
+        with pytest.raises(RpcError) as broke:
+            await rpc.call(INGRESS_TOPIC, ask, timeout=30, user={"tenant": tenant})
+    assert result.meta["route"] == "collab"
+    assert result.meta["template"] == "single"
+    assert result.meta["steps"] == [
+        {"step": "answer", "node": f"{prefix}-gen", "route": "edge", "status": "done"}
+    ]
+    assert result.text.strip()
+    assert result.usage.completion_tokens == 8
+    assert bad.value.code is ErrorCode.BAD_REQUEST
+    assert "unknown plan template" in bad.value.message
+    extra = (reply.model_extra or {})["edgecollab"]
+    assert extra["route"] == "collab"
+    assert extra["steps"][0]["node"] == f"{prefix}-gen"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 6
+    assert reply.choices[0].message.content
+    assert broke.value.code is ErrorCode.OVERLOADED
+    assert "limit" in broke.value.message

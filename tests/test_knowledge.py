@@ -12,7 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from broker import BusClient, Chat, Embed, ErrorCode, Inbound, RpcClient, RpcError
+from broker import (
+    CBOR,
+    JSON,
+    BusClient,
+    Chat,
+    CodecError,
+    Embed,
+    ErrorCode,
+    Inbound,
+    RpcClient,
+    RpcError,
+    decode,
+    encode,
+)
 from broker.encoder import SentenceEncoder
 from broker.topics import knowledge_query_topic, node_request_topic
 from edge_node.knowledge import DATA_DIR, KnowledgeBase, KnowledgeError, read_documents
@@ -75,7 +88,7 @@ async def two_nodes(
             engine,
             f"{prefix}-asker",
             expertise=["general"],
-            knowledge={"ask_timeout_s": 20, **asker_knowledge},
+            knowledge={"ask_timeout_s": 60, **asker_knowledge},
         ),
     ):
         yield
@@ -158,3 +171,36 @@ async def test_no_expert_online_the_node_answers_alone_and_says_why(
     assert bad.value.code is ErrorCode.BAD_REQUEST
     assert ok.meta["knowledge"]["role"] == "expert"
     assert ok.meta["knowledge"]["documents"][0]["id"] == "h-resting-hr"
+
+
+async def test_low_confidence_is_a_gap_and_an_expert_never_answers_itself(
+    mosquitto, engine, prefix, tmp_path
+):
+    node_id = f"{prefix}-solo"
+    knowledge = {"gap_confidence": 0.999, "ask_timeout_s": 10}
+    async with (
+        running_node(mosquitto, engine, node_id, expertise=["math"], knowledge=knowledge),
+        BusClient(settings(mosquitto), f"{prefix}-u") as bus,
+        RpcClient(bus) as rpc,
+    ):
+        ask = Chat.user("What is 17 times 23?", max_tokens=12, domain="math")
+        result = await rpc.call(node_request_topic(node_id), ask, timeout=60)
+    knowledge_meta = result.meta["knowledge"]
+    assert knowledge_meta["gap"].startswith("confidence ")
+    assert "below 0.999" in knowledge_meta["gap"]
+    # the only math expert is the asker: the shared group hands it its own query back
+    assert knowledge_meta["peer"] is None
+    assert "does not answer its own query" in knowledge_meta["error"]
+    assert result.text.strip()
+
+
+def test_chat_carries_a_validated_domain_on_the_wire():
+    for content_type in (JSON, CBOR):
+        wire = encode(Chat.user("hi", domain="health"), content_type)
+        assert decode(wire, content_type).domain == "health"
+    assert decode(encode(Chat.user("hi"))).domain is None
+    with pytest.raises(CodecError, match="domain"):
+        Chat.user("hi", domain="Health/Care")
+    bad = b'{"v":1,"kind":"chat","messages":[{"role":"user","content":"x"}],"domain":"a+b"}'
+    with pytest.raises(CodecError, match="domain"):
+        decode(bad, JSON)

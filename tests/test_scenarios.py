@@ -4,6 +4,9 @@ sharing one llama.cpp engine, simulated device agents replaying data, the real g
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from broker import BusClient, Cms
@@ -27,7 +30,9 @@ async def test_health_scenario_short(fresh_broker, engine, cloud_url, tmp_path, 
     async with start_testbed(
         bus, engine, health.NODES, health.devices(bus, speed=20), cloud_url=cloud_url
     ) as bed:
-        outcome, report = await health.run_health(bed, max_tokens=24, report_dir=tmp_path)
+        outcome, report = await health.run_health(
+            bed, max_tokens=24, report_dir=tmp_path, subtask_deadline_s=240
+        )
         cms = await cms_entries(bed, outcome.plan.task_id)
     printed = capsys.readouterr().out
     assert outcome.status == "done", outcome.notes
@@ -35,6 +40,7 @@ async def test_health_scenario_short(fresh_broker, engine, cloud_url, tmp_path, 
     assert [s.node for s in outcome.steps] == ["wrist-vitals", "gait-motion", "assistant"]
     vitals = steps["vitals"].meta["grounding"]["readings"]
     assert {(r["agent"], r["stream"]) for r in vitals} == {("wearable-1", "vitals")}
+    assert 0.0 < vitals[0]["likeness"] <= 1.0  # compared with earlier vitals embeddings
     motion = {r["stream"] for r in steps["motion"].meta["grounding"]["readings"]}
     assert motion <= {"gait", "imu"}
     assert motion
@@ -59,7 +65,7 @@ async def test_urban_scenario_short(fresh_broker, engine, cloud_url, capsys):
     async with start_testbed(
         bus, engine, urban.NODES, urban.devices(bus, speed=20), cloud_url=cloud_url
     ) as bed:
-        outcome = await urban.run_urban(bed, max_tokens=24, subtask_deadline_s=60)
+        outcome = await urban.run_urban(bed, max_tokens=24, subtask_deadline_s=240)
         cms = await cms_entries(bed, outcome.plan.task_id)
     printed = capsys.readouterr().out
     assert outcome.plan.template == "event_risk"  # chosen by the rule, not named
@@ -79,3 +85,15 @@ async def test_urban_scenario_short(fresh_broker, engine, cloud_url, capsys):
     assert cms["plan"]["mode"] == "parallel"
     assert set(cms["assigned_device"]) == {"crowd", "air", "traffic", "aggregate"}
     assert "cloud: nothing" in printed
+
+
+def test_the_scenario_command_refuses_an_unknown_scenario():
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecollab.cli", "scenario", "harbour"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'harbour'" in done.stderr

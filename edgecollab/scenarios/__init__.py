@@ -1,0 +1,1 @@
+"""The paper's two scenarios (health: sequential; urban: parallel) and their testbed."""

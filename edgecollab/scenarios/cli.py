@@ -20,10 +20,12 @@ from pathlib import Path
 from broker import BrokerLaunchError, BusError, BusSettings, MosquittoBroker
 from edge_node.engines.base import Engine
 from edge_node.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
+from edge_node.errors import NodeError
 from edgecollab.cloud_standin import running_cloud_server
 from edgecollab.scenarios import health, urban
 from edgecollab.scenarios.show import ScenarioSummary
 from edgecollab.scenarios.testbed import NodeSpec, start_testbed
+from wearables.errors import SensorError
 
 DEFAULT_REPORTS = Path(tempfile.gettempdir()) / "edgecollab-reports"
 
@@ -120,7 +122,7 @@ def run_scenario(args: argparse.Namespace) -> int:
                     reports=args.reports,
                 )
             )
-    except (BrokerLaunchError, BusError, TimeoutError) as exc:
+    except (BrokerLaunchError, BusError, NodeError, SensorError, TimeoutError) as exc:
         print(f"edgecollab scenario: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

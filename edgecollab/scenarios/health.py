@@ -51,12 +51,23 @@ def devices(bus: BusSettings, speed: float = 20.0) -> list[SensorConfig]:
 
 
 async def run_health(
-    bed: Testbed, *, question: str = QUESTION, max_tokens: int | None = None, report_dir: Path
+    bed: Testbed,
+    *,
+    question: str = QUESTION,
+    max_tokens: int | None = None,
+    report_dir: Path,
+    subtask_deadline_s: float = 120.0,
 ) -> tuple[CollabOutcome, Path]:
     """Run the pipeline on ``bed``; print what happened; write the clinician report."""
     await bed.wait_for_data(DATA)
     domain, _ = await asyncio.to_thread(bed.gateway.orchestrator.classify, question)
-    plan = make_plan(question, domain, template="health_check", max_tokens=max_tokens)
+    plan = make_plan(
+        question,
+        domain,
+        template="health_check",
+        max_tokens=max_tokens,
+        subtask_deadline_s=subtask_deadline_s,
+    )
     print(f'wearer asks: "{question}"')
     print(f"classified: {domain}; the request is no-cloud: health data stays on the edge")
     outcome = await bed.runner.run(plan, tenant="wearer-1", no_cloud=True)
@@ -91,8 +102,11 @@ def write_report(outcome: CollabOutcome, question: str, domain: str, directory: 
         "",
         "## Readings the on-body agents used",
         "",
-        "| agent | stream | window | time (UTC) | source | values |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Likeness: mean cosine of the window's embedding to the five nearest earlier "
+        "windows of its stream (near 1: usual for this wearer; low: unusual).",
+        "",
+        "| agent | stream | window | time (UTC) | source | values | likeness |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("vitals", "motion"):
         step = steps.get(name)
@@ -132,5 +146,5 @@ def _reading_row(r: dict[str, Any]) -> str:
     )
     return (
         f"| {r['agent']} | {r['stream']} | #{r['sequence']} | {when} | {r['source']} | "
-        f"{values or '-'} |"
+        f"{values or '-'} | {r.get('likeness') if r.get('likeness') is not None else '-'} |"
     )

@@ -76,7 +76,8 @@ def step_lines(step: StepOutcome) -> list[str]:
     grounding = step.meta.get("grounding")
     if isinstance(grounding, dict) and grounding.get("readings"):
         used = ", ".join(
-            f"{r['agent']}/{r['stream']} #{r['sequence']} ({r['source']})"
+            f"{r['agent']}/{r['stream']} #{r['sequence']} ({r['source']}"
+            + (f", likeness {r['likeness']:.2f})" if r.get("likeness") is not None else ")")
             for r in grounding["readings"]
         )
         lines.append(f"    readings used: {used}")

@@ -79,20 +79,25 @@ class Testbed:
     notes: list[str] = field(default_factory=list)
 
     async def wait_for_data(
-        self, expected: Mapping[str, Sequence[str]], timeout: float = 30.0
+        self, expected: Mapping[str, Sequence[str]], timeout: float = 30.0, windows: int = 4
     ) -> None:
-        """Until each data-following node holds at least one reading per stream it expects."""
+        """Until each data-following node has seen ``windows`` windows of each stream it
+        expects (enough for a reading's likeness to earlier windows)."""
         async with asyncio.timeout(timeout):
             for node_id, streams in expected.items():
                 coop = self.nodes[node_id].cooperation
                 follower = None if coop is None else coop.follower
                 if follower is None:
                     raise ValueError(f"{node_id} follows no data")
-                await follower.wait_for(_has_streams(follower, set(streams)), timeout)
+                await follower.wait_for(_has_streams(follower, set(streams), windows), timeout)
 
 
-def _has_streams(follower: DataFollower, want: set[str]) -> Callable[[], bool]:
-    return lambda: want <= {s.stream for s in follower.latest_samples()}
+def _has_streams(follower: DataFollower, want: set[str], windows: int) -> Callable[[], bool]:
+    def check() -> bool:
+        got = {s.stream for s in follower.latest_samples() if s.meta.sequence >= windows - 1}
+        return want <= got
+
+    return check
 
 
 def device_config(name: str, bus: BusSettings, speed: float, **changes: Any) -> SensorConfig:
@@ -110,7 +115,7 @@ async def start_testbed(
     devices: Sequence[SensorConfig],
     *,
     cloud_url: str | None = None,
-    subtask_timeout_s: float = 90.0,
+    edge_timeout_s: float = 90.0,
 ) -> AsyncIterator[Testbed]:
     """Start ``nodes`` on ``engine``, ``devices`` and a gateway; stop them all on exit."""
     stop = asyncio.Event()
@@ -139,7 +144,7 @@ async def start_testbed(
                 )
                 sensors[config.agent_id] = sensor
             gw = await stack.enter_async_context(
-                running_gateway(_gateway_config(bus, workdir, cloud_url, subtask_timeout_s))
+                running_gateway(_gateway_config(bus, workdir, cloud_url, edge_timeout_s))
             )
         finally:
             stack.push_async_callback(finish)  # runs first on exit, before devices close
@@ -152,7 +157,7 @@ async def start_testbed(
 
 
 def _gateway_config(
-    bus: BusSettings, workdir: Path, cloud_url: str | None, subtask_timeout_s: float
+    bus: BusSettings, workdir: Path, cloud_url: str | None, edge_timeout_s: float
 ) -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
@@ -162,7 +167,7 @@ def _gateway_config(
             "capability": POOL,
             "ledger_url": f"sqlite:///{workdir}/ledger.sqlite3",
             "cache_enabled": False,
-            "edge_timeout_s": subtask_timeout_s,
+            "edge_timeout_s": edge_timeout_s,
             "cloud": {
                 "base_url": cloud_url or "http://127.0.0.1:9/v1",
                 "model": CLOUD_MODEL,
