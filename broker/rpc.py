@@ -15,6 +15,7 @@ any handler failure to an ``internal`` error while the agent keeps serving.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -264,13 +265,14 @@ class RpcServer:
     """Serves requests arriving on topic filters with async handlers."""
 
     #: Requests remembered to drop redeliveries (a QoS 1 message resent after a broker
-    #: restart or reconnect arrives again with the same correlation data).
+    #: restart or reconnect arrives again with the same correlation data and payload;
+    #: a caller reusing correlation data for a different request is still served).
     SEEN_LIMIT = 4096
 
     def __init__(self, bus: BusClient) -> None:
         self.bus = bus
         self.stats: Counter[str] = Counter()
-        self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
 
     async def serve(self, topic_filter: str, handler: RequestHandler) -> Subscription:
         """Serve requests on ``topic_filter`` (a plain or ``$share/...`` filter)."""
@@ -289,7 +291,8 @@ class RpcServer:
             logger.warning("request on %s without a usable response topic dropped", msg.topic)
             return
         if msg.correlation:
-            key = (msg.response_topic, msg.correlation)
+            digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
+            key = (msg.response_topic, msg.correlation, digest)
             if key in self._seen:
                 self.stats["duplicate"] += 1
                 return
