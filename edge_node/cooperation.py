@@ -258,7 +258,7 @@ def _reading_line(sample: Sample, likeness: float | None = None) -> str:
     where = meta.location.get("site") or meta.location.get("placement") or "unknown place"
     values = ", ".join(
         f"{name} {value:.3g}{(' ' + meta.units[name]) if name in meta.units else ''}"
-        for name, value in sorted(meta.summary.items())
+        for name, value in meta.summary.items()  # the device's channel order
     )
     when = datetime.fromtimestamp(meta.timestamp, UTC).strftime("%H:%M:%S UTC")
     source = "synthetic" if meta.source == "synthetic" else meta.source
