@@ -41,9 +41,10 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypedDict
 
+from benchmarks.litellm_router import Held
 from benchmarks.trace import BASE_RPS, Req, describe, make_trace
 from edge_node.admission import Admission, Ticket
 from edge_node.profiles import DeviceProfile, get_profile
@@ -54,7 +55,7 @@ from gateway.pricing import PriceTable
 MIX: tuple[tuple[str, int], ...] = (("jetson-agx-orin", 2), ("jetson-orin-nano", 6))
 BUDGET = 4096
 MAX_TOKENS = 512
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 1  # the paper's rule: the chosen node cannot take it -> the cloud
 REFUSAL_S = 0.002
 CLOUD_BASE_S = 0.8
 CLOUD_TPS = 50.0
@@ -127,14 +128,14 @@ class SimNode:
         self._changed(now)
         return True
 
-    def complete(self, now: float) -> tuple[float, int]:
-        """Finish the first stream due; its (start time, refused attempts before it)."""
+    def complete(self, now: float) -> int:
+        """Finish the first stream due; return its serial."""
         self._advance(now)
-        _, serial, started, ticket, refusals = heapq.heappop(self.jobs)
+        _, serial, _, ticket, _ = heapq.heappop(self.jobs)
         self.admission.release(ticket)
         self.unreflected.pop(serial, None)  # the answer releases the gateway's reservation
         self._changed(now)
-        return started, refusals
+        return serial
 
     def view(self) -> NodeView:
         """What the gateway's ``NodeDirectory`` would say about this node now."""
@@ -177,6 +178,55 @@ def _percentile_ms(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 1)
 
 
+class _Native:
+    """A gateway policy: order, and (cost_aware) how long to hold a request."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.policy, self.rng = make_policy(name), random.Random(seed)
+
+    def order(self, req: Req, views: list[NodeView]) -> list[str]:
+        shape = RequestShape(req.prompt_tokens, req.tokens)
+        order = self.policy.order(shape, views, self.rng, limit=DEFAULT_LIMIT)
+        return [v.node_id for v in order]
+
+    def hold(self, req: Req, views: list[NodeView]) -> float:
+        hold_s = getattr(self.policy, "hold_s", None)
+        return (
+            0.0
+            if hold_s is None
+            else float(hold_s(RequestShape(req.prompt_tokens, req.tokens), views))
+        )
+
+    def sent(self, node_id: str, req: Req) -> object:
+        return None
+
+    def ended(self, held: object, total_tokens: int | None) -> None:
+        pass
+
+
+class _LiteLLM(_Native):
+    """LiteLLM's Router (``benchmarks.litellm_router``) on the model's clock."""
+
+    def __init__(self, name: str, nodes: Sequence[SimNode], clock: Callable[[], float]) -> None:
+        from benchmarks.litellm_router import LiteLLMRouter  # noqa: PLC0415 - optional
+
+        self.router = LiteLLMRouter(name, [(n.node_id, n.profile.name) for n in nodes], clock=clock)
+
+    def order(self, req: Req, views: list[NodeView]) -> list[str]:
+        return [p.node_id for p in self.router.order(req.prompt_tokens, req.tokens, "general")]
+
+    def hold(self, req: Req, views: list[NodeView]) -> float:
+        return 0.0
+
+    def sent(self, node_id: str, req: Req) -> object:
+        return self.router.reserve(node_id, req.prompt_tokens + req.tokens)
+
+    def ended(self, held: object, total_tokens: int | None) -> None:
+        assert isinstance(held, Held)
+        self.router.outcome(held, total_tokens)
+        self.router.release(held)
+
+
 def simulate(
     trace: Sequence[Req],
     policy_name: str,
@@ -189,40 +239,94 @@ def simulate(
     check: bool = False,
 ) -> PolicyResult:
     """Run ``trace`` through the cluster with one policy; ``check`` asserts every event."""
-    policy, rng, prices = make_policy(policy_name), random.Random(seed), PriceTable()
+    prices = PriceTable()
     nodes = make_nodes(mix, budget, staleness_s)
     by_id = {n.node_id: n for n in nodes}
+    clock = [0.0]
+    chooser = (
+        _LiteLLM(policy_name, nodes, lambda: clock[0])
+        if policy_name.startswith("litellm_")
+        else _Native(policy_name, seed)
+    )
     latencies: list[float] = []
     processed = rejected = redirects = 0
     cost = 0.0
+    started: dict[int, tuple[float, int, object]] = {}  # serial -> (arrival, refusals, held)
+    waiting: list[tuple[int, float]] = []  # (trace index, hold deadline), in arrival order
+
+    def cloud(i: int, now: float, refusals: int) -> None:
+        nonlocal redirects, cost
+        req = trace[i]
+        redirects += 1
+        cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
+        wait = now - req.t
+        latencies.append(wait + refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
+
+    def place(i: int, now: float, *, first: bool) -> bool:
+        """Try the policy's nodes; False when the request should wait (or go to the cloud)."""
+        nonlocal rejected
+        req = trace[i]
+        views = [n.view() for n in nodes]
+        hold = chooser.hold(req, views) if first else 0.0
+        if first and hold > 0:
+            waiting.append((i, now + hold))
+            return True
+        order = chooser.order(req, views)
+        if not first:  # a held request goes only where the view says it fits
+            fits = {v.node_id for v in views if v.fits(req.prompt_tokens + req.tokens, req.tokens)}
+            order = [n for n in order if n in fits]
+            if not order:
+                return False
+        refusals = 0
+        for node_id in order[:attempts]:
+            held = chooser.sent(node_id, req)
+            if by_id[node_id].try_start(now, req, i, refusals):
+                started[i] = (req.t, refusals, held)
+                break
+            chooser.ended(held, None)
+            refusals += 1
+        else:
+            cloud(i, now, refusals)
+        rejected += refusals
+        return True
+
+    def retry_waiting(now: float) -> None:
+        keep = []
+        # the most expensive request first: it saves the most cloud cost (cost is per token)
+        waiting.sort(key=lambda w: (trace[w[0]].tokens, w[0]))
+        for i, deadline in waiting:
+            if deadline <= now:
+                cloud(i, now, 0)
+            elif not place(i, now, first=False):
+                keep.append((i, deadline))
+        waiting[:] = keep
+
     i = 0
     while True:
         arrival = trace[i].t if i < len(trace) else math.inf
         done = min(nodes, key=SimNode.next_completion)
         publish = min(nodes, key=lambda n: n.publish_at)
         t_done, t_pub = done.next_completion(), publish.publish_at
-        if min(arrival, t_done, t_pub) == math.inf:
+        t_hold = min((d for _, d in waiting), default=math.inf)
+        now = min(arrival, t_done, t_pub, t_hold)
+        if now == math.inf:
             break
-        if t_done <= t_pub and t_done <= arrival:  # completions first, then publishes
-            started, refusals = done.complete(t_done)
-            latencies.append(t_done - started + refusals * REFUSAL_S)
+        clock[0] = now
+        if t_done == now:  # completions first, then publishes, hold deadlines, arrivals
+            serial = done.complete(now)
+            t0, refusals, held = started.pop(serial)
+            req = trace[serial]
+            chooser.ended(held, req.prompt_tokens + req.tokens)
+            latencies.append(now - t0 + refusals * REFUSAL_S)
             processed += 1
-        elif t_pub <= arrival:
-            publish.publish(t_pub)
+            retry_waiting(now)
+        elif t_pub == now:
+            publish.publish(now)
+            retry_waiting(now)
+        elif t_hold == now:
+            retry_waiting(now)
         else:
-            req = trace[i]
-            shape = RequestShape(req.prompt_tokens, req.tokens)
-            order = policy.order(shape, [n.view() for n in nodes], rng, limit=DEFAULT_LIMIT)
-            refusals = 0
-            for view in order[:attempts]:
-                if by_id[view.node_id].try_start(arrival, req, i, refusals):
-                    break
-                refusals += 1
-            else:
-                redirects += 1
-                cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
-                latencies.append(refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
-            rejected += refusals
+            place(i, now, first=True)
             i += 1
         if check:
             for n in nodes:

@@ -216,6 +216,7 @@ class NodeDirectory:
         self._serial = itertools.count(1)
         self._refreshed = -math.inf
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Self:
         self.refresh()
@@ -257,6 +258,10 @@ class NodeDirectory:
             cached = found, {v.node_id: i for i, v in enumerate(found)}
             self._cache[key] = cached
         return list(cached[0])
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after any view changes (load record or reservation)."""
+        self._listeners.append(listener)
 
     # --- reservations -----------------------------------------------------------------
 
@@ -344,6 +349,8 @@ class NodeDirectory:
         base = self._base.get(node_id)
         if base is None:
             return
+        for listener in self._listeners:  # listeners defer their work (call_soon)
+            listener()
         since = self._load_at.get(node_id, -math.inf)
         late = [r for r in self._pending.get(node_id, {}).values() if r.at + self.settle_s > since]
         view = base

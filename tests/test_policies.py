@@ -66,9 +66,11 @@ def random_cluster(rng: random.Random, n: int) -> list[NodeView]:
 
 
 def test_registry_and_unknown_name():
-    assert set(POLICIES) == {"random", "weighted", "load_aware", "fit_first"}
+    assert set(POLICIES) == {"random", "weighted", "load_aware", "fit_first", "cost_aware"}
     assert isinstance(make_policy("fit_first"), FitFirstPolicy)
-    with pytest.raises(UnknownPolicyError, match="fit_first, load_aware, random, weighted"):
+    with pytest.raises(
+        UnknownPolicyError, match="cost_aware, fit_first, load_aware, random, weighted"
+    ):
         make_policy("round_robin")
 
 
