@@ -31,6 +31,8 @@ simulated time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Sequence
@@ -147,6 +149,7 @@ class LiteLLMRouter:
         self.router = Router(model_list=model_list, routing_strategy=self.strategy)
         self._deployments = {d["model_info"]["id"]: d for d in model_list}
         self.stats = {"picked": 0, "no_deployment": 0, "rate_limited": 0}
+        self.last_held: dict[object, Held] = {}  # task -> its request, for ObservedRpc
 
     def _now(self) -> dt.datetime:
         return EPOCH + dt.timedelta(seconds=self.clock())
@@ -161,7 +164,7 @@ class LiteLLMRouter:
         except (RouterRateLimitError, ValueError):
             self.stats["no_deployment"] += 1
             return []
-        usage = self.router.lowesttpm_logger_v2
+        usage = getattr(self.router, "lowesttpm_logger_v2", None)
         try:
             if usage is not None:  # this router's own logger, not every one in litellm.callbacks
                 usage.pre_call_check(deployment)
@@ -176,8 +179,11 @@ class LiteLLMRouter:
             "litellm_params": {"metadata": {"model_group": GROUP}, "model_info": {"id": node_id}}
         }
         held = Held(node_id, tokens, kwargs=kwargs)
-        if self.router.leastbusy_logger is not None:
-            self.router.leastbusy_logger.log_pre_api_call(node_id, [], kwargs)
+        with contextlib.suppress(RuntimeError):  # no loop: the model reports outcomes itself
+            self.last_held[asyncio.current_task()] = held
+        busy = getattr(self.router, "leastbusy_logger", None)
+        if busy is not None:
+            busy.log_pre_api_call(node_id, [], kwargs)
         return held
 
     def outcome(self, held: Held, total_tokens: int | None) -> None:
@@ -186,10 +192,10 @@ class LiteLLMRouter:
 
     def release(self, held: Held) -> None:
         ok = held.outcome is not None and held.outcome >= 0
-        busy = self.router.leastbusy_logger
+        busy = getattr(self.router, "leastbusy_logger", None)
         if busy is not None:
             (busy.log_success_event if ok else busy.log_failure_event)(held.kwargs, None, 0, 0)
-        usage = self.router.lowesttpm_logger_v2
+        usage = getattr(self.router, "lowesttpm_logger_v2", None)
         if usage is not None and ok:
             model = self._deployments[held.node_id]["litellm_params"]["model"]
             logged = {

@@ -24,7 +24,7 @@ from gateway.classifier import DomainClassifier, gap_likely
 from gateway.encoder import SentenceEncoder
 from gateway.nodes import NodeDirectory, NodeView, Reservation
 from gateway.orchestrator import Answer, Query
-from gateway.policies import RequestShape, make_policy
+from gateway.policies import Policy, RequestShape, make_policy
 
 CLASSIFIER = Path(__file__).resolve().parent / "data" / "classifier.npz"
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMBT]?)", re.IGNORECASE)
@@ -39,20 +39,14 @@ class PolicyRouter:
     are placed, smallest ``max_tokens`` first (the most cloud cost saved per slot
     second), whenever the directory's views change, on the first node the policy
     orders that fits; the slot is reserved at once and handed to the waiting task's
-    :meth:`reserve`. ``time_scale`` (simulated seconds per wall second) converts a
-    hold into wall time for compressed-time studies.
+    :meth:`reserve`. ``policy`` is a name, or a configured policy object.
     """
 
-    def __init__(
-        self, directory: NodeDirectory, policy: str, capability: str, *, time_scale: float = 1.0
-    ) -> None:
-        if time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+    def __init__(self, directory: NodeDirectory, policy: str | Policy, capability: str) -> None:
         self.directory = directory
-        self.policy = make_policy(policy)
-        self.policy_name = policy
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy_name = self.policy.name
         self.capability = capability
-        self.time_scale = time_scale
         self.rng = random.Random()
         self._held: dict[int, tuple[RequestShape, asyncio.Future[tuple[NodeView, Reservation]]]]
         self._held = {}
@@ -81,7 +75,7 @@ class PolicyRouter:
         self._held[key] = (shape, placed)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(placed), hold / self.time_scale)
+                await asyncio.wait_for(asyncio.shield(placed), hold)
         finally:
             self._held.pop(key, None)
         if not placed.done():
