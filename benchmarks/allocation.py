@@ -243,14 +243,15 @@ def _table(out: dict[str, Any], results: dict[str, PolicyResult]) -> None:
         row: dict[str, object] = dict(result)
         print(f"{name:<21}" + "".join(f"{row[c]!s:>16}" for c in cols))
     if "agreement" in out:
-        a = out["agreement"]
+        a: dict[str, Any] = out["agreement"]
         print(
             f"system vs model agreement (tolerance {a['tolerance']} = {a['rule']}): "
             f"{'PASSED' if a['passed'] else 'FAILED'}"
         )
         for name, row in a.items():
             if isinstance(row, dict):
-                pairs = [f"{k} {v['system']} vs {v['model']}" for k, v in dict(row).items()]
+                cells: dict[str, dict[str, int]] = row
+                pairs = [f"{k} {v['system']} vs {v['model']}" for k, v in cells.items()]
                 print(f"  {name}: " + ", ".join(pairs))
     for check in out["checks"]:
         detail = {k: v for k, v in check.items() if k not in ("check", "passed")}
