@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import builtins
+import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from benchmarks import litellm_router
 from benchmarks.allocation_sim import MAX_ATTEMPTS, MIX, PolicyResult, simulate
@@ -157,7 +160,7 @@ def plot(results: dict[str, PolicyResult], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print JSON after the table")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout (table on stderr)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="trace s")
     parser.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP)
@@ -167,8 +170,8 @@ def main() -> None:
         "--sweep-seeds",
         type=int,
         nargs="*",
-        default=[2, 3],
-        help="more seeds for the model's one-hour check",
+        default=None,
+        help="seeds of the model's one-hour checks (default: seed, seed+1, seed+2)",
     )
     parser.add_argument("--model-only", action="store_true", help="skip the system run")
     args = parser.parse_args()
@@ -192,18 +195,23 @@ def main() -> None:
         "litellm": f"litellm {_version()} Router strategies (benchmarks/litellm_router.py)",
     }
     t0 = time.perf_counter()
-    model = {n: simulate(trace, n, seed=args.seed) for n in names}
     if not args.model_only:
         system = asyncio.run(system_run(trace, names, args.speedup))
         out.update(system)
+        # the model again, given each run's measured overhead (slot held that much longer)
+        model = {
+            n: simulate(trace, n, seed=args.seed, overhead_s=system["extras"][n]["overhead_s"])
+            for n in names
+        }
         out["model"] = model
         out["agreement"] = agreement(system["policies"], model, len(trace))
         results = system["policies"]
     else:
-        out["policies"] = results = model
+        out["policies"] = results = {n: simulate(trace, n, seed=args.seed) for n in names}
     checks = targets(results, "system" if not args.model_only else "model")
     sweep = {}
-    for seed in [args.seed, *args.sweep_seeds]:
+    seeds = [args.seed + k for k in range(3)] if args.sweep_seeds is None else args.sweep_seeds
+    for seed in seeds:
         hour = make_trace(seed, 3600.0)
         sweep[seed] = {n: simulate(hour, n, seed=seed) for n in names}
         checks += targets(sweep[seed], f"model 1 h seed {seed}")
@@ -218,7 +226,7 @@ def main() -> None:
             f"{args.seed}, {args.duration:g} s at x{args.speedup:g} through the real system",
         )
         out["plot"] = str(args.plot)
-    _table(out, results)
+    _table(out, results, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
 
@@ -232,7 +240,9 @@ def _version() -> str:
         return "missing"
 
 
-def _table(out: dict[str, Any], results: dict[str, PolicyResult]) -> None:
+def _table(out: dict[str, Any], results: dict[str, PolicyResult], file: TextIO) -> None:
+    """The table and the checks (on stderr with ``--json``, so stdout is JSON only)."""
+    print = functools.partial(builtins.print, file=file)
     print(
         f"{out['nodes']['mix']}; {out['trace']['requests']} requests, seed "
         f"{out['trace']['seed']}, speedup x{out['speedup']:g}; cloud: {out['cloud']}"
@@ -250,7 +260,7 @@ def _table(out: dict[str, Any], results: dict[str, PolicyResult]) -> None:
         )
         for name, row in a.items():
             if isinstance(row, dict):
-                cells: dict[str, dict[str, int]] = row
+                cells = cast(dict[str, dict[str, int]], row)
                 pairs = [f"{k} {v['system']} vs {v['model']}" for k, v in cells.items()]
                 print(f"  {name}: " + ", ".join(pairs))
     for check in out["checks"]:

@@ -78,12 +78,19 @@ class SimNode:
     """One edge node: admission, processor-sharing service, and its published load."""
 
     def __init__(
-        self, node_id: str, profile: DeviceProfile, budget: int, staleness_s: float
+        self,
+        node_id: str,
+        profile: DeviceProfile,
+        budget: int,
+        staleness_s: float,
+        overhead_s: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.profile = profile
         self.admission = Admission(profile.concurrency.value, budget)
         self.staleness_s = staleness_s
+        self.overhead_s = overhead_s
+        self.tails: list[tuple[float, int, Ticket]] = []  # (release time, serial, ticket)
         self.now = 0.0  # real time the virtual clock was last advanced to
         self.vclock = 0.0  # single-stream seconds of work done by each stream so far
         self.jobs: list[tuple[float, int, float, Ticket, int]] = []  # vfinish, serial, ...
@@ -99,9 +106,11 @@ class SimNode:
         self.now = now
 
     def next_completion(self) -> float:
+        tail = self.tails[0][0] if self.tails else math.inf
         if not self.jobs:
-            return math.inf
-        return self.now + (self.jobs[0][0] - self.vclock) / self.profile.share(len(self.jobs))
+            return tail
+        done = self.now + (self.jobs[0][0] - self.vclock) / self.profile.share(len(self.jobs))
+        return min(done, tail)
 
     def _changed(self, now: float) -> None:
         if self.publish_at == math.inf:
@@ -128,10 +137,20 @@ class SimNode:
         self._changed(now)
         return True
 
-    def complete(self, now: float) -> int:
-        """Finish the first stream due; return its serial."""
+    def complete(self, now: float) -> int | None:
+        """Finish the first stream due; its serial, or None when it enters its overhead tail.
+
+        With ``overhead_s`` a finished stream holds its slot (not the device) that much
+        longer: the system's round trip and scheduling that the model cannot see.
+        """
         self._advance(now)
-        _, serial, _, ticket, _ = heapq.heappop(self.jobs)
+        if self.tails and self.tails[0][0] <= now:
+            _, serial, ticket = heapq.heappop(self.tails)
+        else:
+            _, serial, _, ticket, _ = heapq.heappop(self.jobs)
+            if self.overhead_s > 0:
+                heapq.heappush(self.tails, (now + self.overhead_s, serial, ticket))
+                return None
         self.admission.release(ticket)
         self.unreflected.pop(serial, None)  # the answer releases the gateway's reservation
         self._changed(now)
@@ -157,16 +176,20 @@ class SimNode:
         a = self.admission
         assert 0 <= a.in_flight <= a.concurrency, (self.node_id, a.in_flight)
         assert 0 <= a.tokens_in_flight <= a.max_inflight_tokens, (self.node_id, a.tokens_in_flight)
-        assert len(self.jobs) == a.in_flight
-        assert sum(j[3].tokens for j in self.jobs) == a.tokens_in_flight
+        assert len(self.jobs) + len(self.tails) == a.in_flight
+        tokens = sum(j[3].tokens for j in self.jobs) + sum(t[2].tokens for t in self.tails)
+        assert tokens == a.tokens_in_flight
 
 
 def make_nodes(
-    mix: Sequence[tuple[str, int]] = MIX, budget: int = BUDGET, staleness_s: float = STALENESS_S
+    mix: Sequence[tuple[str, int]] = MIX,
+    budget: int = BUDGET,
+    staleness_s: float = STALENESS_S,
+    overhead_s: float = 0.0,
 ) -> list[SimNode]:
     """Fresh nodes for ``mix`` (profile name, count), ids ``<profile>-<i>``."""
     return [
-        SimNode(f"{name}-{i}", get_profile(name), budget, staleness_s)
+        SimNode(f"{name}-{i}", get_profile(name), budget, staleness_s, overhead_s)
         for name, count in mix
         for i in range(count)
     ]
@@ -236,11 +259,13 @@ def simulate(
     budget: int = BUDGET,
     staleness_s: float = STALENESS_S,
     attempts: int = MAX_ATTEMPTS,
+    overhead_s: float = 0.0,
     check: bool = False,
 ) -> PolicyResult:
     """Run ``trace`` through the cluster with one policy; ``check`` asserts every event."""
     prices = PriceTable()
-    nodes = make_nodes(mix, budget, staleness_s)
+    random.seed(seed)  # LiteLLM's strategies draw from the global random module
+    nodes = make_nodes(mix, budget, staleness_s, overhead_s)
     by_id = {n.node_id: n for n in nodes}
     clock = [0.0]
     chooser = (
@@ -314,12 +339,13 @@ def simulate(
         clock[0] = now
         if t_done == now:  # completions first, then publishes, hold deadlines, arrivals
             serial = done.complete(now)
-            t0, refusals, held = started.pop(serial)
-            req = trace[serial]
-            chooser.ended(held, req.prompt_tokens + req.tokens)
-            latencies.append(now - t0 + refusals * REFUSAL_S)
-            processed += 1
-            retry_waiting(now)
+            if serial is not None:  # else its overhead tail begins: the slot is still held
+                t0, refusals, held = started.pop(serial)
+                req = trace[serial]
+                chooser.ended(held, req.prompt_tokens + req.tokens)
+                latencies.append(now - t0 + refusals * REFUSAL_S)
+                processed += 1
+                retry_waiting(now)
         elif t_pub == now:
             publish.publish(now)
             retry_waiting(now)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -107,20 +108,28 @@ class SimulatedCloud(httpx.AsyncBaseTransport):
 
 
 class ObservedRpc(RpcClient):
-    """An RpcClient that tells a LiteLLM router how each request it routed ended."""
+    """An RpcClient that measures each edge call's overhead (round trip - engine time).
 
-    def __init__(self, bus: BusClient, router: Any) -> None:
+    With a LiteLLM router it also tells the router how each request it routed ended.
+    """
+
+    def __init__(self, bus: BusClient, router: Any = None) -> None:
         super().__init__(bus)
         self.router = router
+        self.overheads_s: list[float] = []
 
     async def call(self, topic: str, request: Any, **kwargs: Any) -> Result:
-        held = self.router.last_held.pop(asyncio.current_task(), None)
+        last = getattr(self.router, "last_held", None)
+        held = None if last is None else last.pop(asyncio.current_task(), None)
+        started = time.monotonic()
         try:
             result = await super().call(topic, request, **kwargs)
         except BaseException:
             if held is not None:
                 self.router.outcome(held, None)
             raise
+        engine_s = float(result.timings.get("total_ms", 0.0)) / 1e3
+        self.overheads_s.append(max(0.0, time.monotonic() - started - engine_s))
         if held is not None:
             self.router.outcome(held, result.usage.prompt_tokens + result.usage.completion_tokens)
         return result
@@ -198,7 +207,7 @@ async def run_policy(
                 router = LiteLLMRouter(
                     name, [(c.node_id, c.device) for c in configs], clock=sim_clock
                 )
-                rpc: RpcClient = ObservedRpc(gw, router)
+                rpc = ObservedRpc(gw, router)
             else:
                 policy = (
                     CostAwarePolicy(
@@ -208,7 +217,7 @@ async def run_policy(
                     else make_policy(name)
                 )
                 router = PolicyRouter(directory, policy, f"{run}chat")
-                rpc = RpcClient(gw)
+                rpc = ObservedRpc(gw)
             await stack.enter_async_context(rpc)
             ledger = await stack.enter_async_context(Ledger(f"sqlite:///{tmp}/ledger.db"))
             transport = SimulatedCloud(speedup)
@@ -255,6 +264,8 @@ async def run_policy(
         "ledger_cloud": summary.cloud,
         "cloud_calls_simulated": transport.calls,
         "max_send_lag_ms": round(lag * 1e3, 1),
+        # mean wall round trip beyond the engine's own time, in simulated seconds
+        "overhead_s": round(statistics.fmean(rpc.overheads_s or [0.0]) * speedup, 4),
     }
     return result, extra
 
