@@ -59,7 +59,7 @@ NAMES: dict[str, Strategy] = {
     "litellm_usage_based": "usage-based-routing-v2",
 }
 GROUP = "edge"
-MEAN_REQUEST_TOKENS = 75 + 158.5  # the trace's mean prompt + completion tokens
+MEAN_PROMPT_TOKENS, MEAN_COMPLETION_TOKENS = 75.0, 158.5  # the trace's means
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -80,17 +80,17 @@ def require() -> None:
 
 
 def limits(profile_name: str) -> tuple[int, int]:
-    """(rpm, tpm) of a node from its profile: its aggregate decode rate for one minute.
+    """(rpm, tpm) of a node from its profile: what it sustains of the trace's mix.
 
-    tpm = aggregate tokens/s x 60 (prompt and completion counted alike, as LiteLLM
-    counts total tokens); rpm = tpm / the trace's mean tokens per request.
+    rpm = aggregate decode tokens/s x 60 / the trace's mean completion tokens (158.5);
+    tpm = rpm x the mean prompt + completion tokens (LiteLLM counts total tokens).
     """
     profile = get_profile(profile_name)
     aggregate = profile.decode_tps.value * min(
         profile.aggregate_speedup.value, profile.concurrency.value
     )
-    tpm = int(aggregate * 60)
-    return max(1, int(tpm / MEAN_REQUEST_TOKENS)), tpm
+    rpm = max(1, int(aggregate * 60 / MEAN_COMPLETION_TOKENS))
+    return rpm, int(rpm * (MEAN_PROMPT_TOKENS + MEAN_COMPLETION_TOKENS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -476,6 +476,7 @@ async def test_policy_router_holds_then_places_smallest_first():
     directory = ListDirectory([full_agx()])
     # x10 compressed cloud model: holds of ~0.1-0.3 s
     router = PolicyRouter(directory, CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0), "c")
+
     async def held(max_tokens: int) -> tuple[list[NodeView], Reservation]:
         order = await router.order_when_fit(80, max_tokens, "general")
         return order, router.reserve("agx", 80 + max_tokens)  # as the orchestrator does next
