@@ -17,7 +17,6 @@ from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from gateway.nodes import DEFAULT_TPS, NodeDirectory, NodeView, Reservation
-from gateway.routing import PolicyRouter
 from gateway.policies import (
     POLICIES,
     CostAwarePolicy,
@@ -30,6 +29,7 @@ from gateway.policies import (
     make_policy,
     pick_timing,
 )
+from gateway.routing import PolicyRouter
 from tests.helpers import eventually, settings
 
 
@@ -484,10 +484,12 @@ async def test_policy_router_holds_then_places_smallest_first():
     big = asyncio.create_task(held(500))
     small = asyncio.create_task(held(50))
     await asyncio.sleep(0.02)
-    assert not big.done() and not small.done()  # held: nothing fits
+    assert not big.done()
+    assert not small.done()
     directory.set("agx", in_flight=3)  # one slot frees
     await asyncio.sleep(0.01)
-    assert small.done() and [v.node_id for v in small.result()[0]] == ["agx"]
+    assert small.done()
+    assert [v.node_id for v in small.result()[0]] == ["agx"]
     assert not big.done()  # the slot went to the smaller request
     # reserved when placed; the orchestrator's reserve got that reservation back
     assert directory.reserved == [("agx", 130)]
