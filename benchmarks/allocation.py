@@ -45,7 +45,7 @@ POLICY_NAMES = (
     "litellm_least_busy",
     "litellm_usage_based",
 )
-DEFAULT_SPEEDUP = 20.0
+DEFAULT_SPEEDUP = 10.0
 DEFAULT_DURATION = 600.0  # one surge; the model sweeps run the full hour
 #: Agreement of system and model: |difference| <= max(ABS, REL x sent) for each count.
 AGREE_REL, AGREE_ABS = 0.03, 10
