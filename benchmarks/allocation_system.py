@@ -202,7 +202,12 @@ async def run_policy(
             # The gateway works in wall time: nominal rates x speedup (the nodes' measured
             # tokens/s are wall rates too), and cost_aware's cloud model likewise.
             nominal = {k: (s * speedup, a * speedup) for k, (s, a) in NOMINAL_TPS.items()}
-            directory = await stack.enter_async_context(NodeDirectory(mirror, nominal_tps=nominal))
+            # settle_s covers the real MQTT transit of a request and of the load record
+            # that reflects it: real time, not compressed (10 ms; the default 50 ms
+            # would count a reservation twice for 50 x speedup ms of simulated time)
+            directory = await stack.enter_async_context(
+                NodeDirectory(mirror, nominal_tps=nominal, settle_s=0.01)
+            )
             router: Any
             if name.startswith("litellm_"):
                 from benchmarks.litellm_router import LiteLLMRouter  # noqa: PLC0415
