@@ -165,17 +165,22 @@ def node_configs(bus: BusSettings, run: str, speedup: float) -> list[NodeConfig]
 
 
 @contextlib.asynccontextmanager
-async def running_nodes(configs: Sequence[NodeConfig]) -> Any:
+async def running_nodes(configs: Sequence[NodeConfig], stuck: list[str]) -> Any:
+    """The node agents until the block ends; any still running 30 s after stop is
+    cancelled and its id appended to ``stuck`` (reported, so it is not silent)."""
     agents = [NodeAgent(c, SimulatedEngine(c.engine)) for c in configs]  # type: ignore[arg-type]
     stop = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        for agent in agents:
-            group.create_task(agent.run(stop), name=f"node:{agent.config.node_id}")
+    tasks = [asyncio.create_task(a.run(stop), name=f"node:{a.config.node_id}") for a in agents]
+    try:
         await asyncio.wait_for(asyncio.gather(*(a.ready.wait() for a in agents)), 30)
-        try:
-            yield agents
-        finally:
-            stop.set()
+        yield agents
+    finally:
+        stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        for task in pending:
+            stuck.append(task.get_name())
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_policy(
@@ -189,6 +194,7 @@ async def run_policy(
 ) -> tuple[PolicyResult, dict[str, Any]]:
     """Replay ``trace`` through the system with policy ``name``; its result and extras."""
     configs = node_configs(bus, run, speedup)
+    stuck: list[str] = []
     t0 = [time.monotonic()]
 
     def sim_clock() -> float:
@@ -196,7 +202,7 @@ async def run_policy(
 
     with tempfile.TemporaryDirectory(dir=ledger_dir) as tmp:
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(running_nodes(configs))
+            await stack.enter_async_context(running_nodes(configs, stuck))
             gw = await stack.enter_async_context(BusClient(bus, f"{run}-gateway"))
             mirror = await stack.enter_async_context(Cms(gw).mirror("slm"))
             # The gateway works in wall time: nominal rates x speedup (the nodes' measured
@@ -245,8 +251,9 @@ async def run_policy(
                 max_edge_attempts=MAX_ATTEMPTS,
             )
             online = {c.node_id for c in configs}
-            while {v.node_id for v in directory.candidates(f"{run}chat")} != online:  # noqa: ASYNC110 - the directory has no event for this
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(30):  # every node in the gateway's directory
+                while {v.node_id for v in directory.candidates(f"{run}chat")} != online:  # noqa: ASYNC110 - the directory has no event for this
+                    await asyncio.sleep(0.01)
             answers = await _replay(orchestrator, trace, speedup, t0, run)
             summary = {s.tenant: s for s in await ledger.summary()}[run]
             lag = max(a[2] for a in answers)
@@ -271,6 +278,7 @@ async def run_policy(
         "ledger_edge": summary.edge,
         "ledger_cloud": summary.cloud,
         "cloud_calls_simulated": transport.calls,
+        "nodes_stuck_at_stop": stuck,
         "max_send_lag_ms": round(lag * 1e3, 1),
         # mean wall round trip beyond the engine's own time, in simulated seconds
         "overhead_s": round(statistics.fmean(rpc.overheads_s or [0.0]) * speedup, 4),
