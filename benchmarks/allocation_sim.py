@@ -1,7 +1,7 @@
 """The allocation study (issue 6) as a fast discrete-event model of the cluster, no broker.
 
     python -m benchmarks.allocation_sim --json [--seed N] [--duration S] [--base-rps R]
-        [--policies random weighted load_aware fit_first] [--staleness S] [--budget T]
+        [--policies ...] [--staleness S] [--budget T] [--attempts N] [--mix P:N,...]
 
 Cluster. Eight nodes, :data:`MIX` = 2 Jetson AGX Orin + 6 Jetson Orin Nano, with the
 profiles of ``edge_node.profiles``: slots = the profile's concurrency (4 and 2), a
@@ -21,44 +21,48 @@ Gateway. For each request the policy (``gateway.policies``, default ``limit``) o
 node publishes its load at most every ``staleness_s`` (default 0.2 s, the load
 debounce), and the gateway adds its own reservations made since the last publish
 (releasing one when its answer comes). The gateway tries up to
-:data:`MAX_ATTEMPTS` candidates; a refusal costs :data:`REFUSAL_S` (2 ms). A request
-every tried node refused goes to the cloud, priced at GPT-4 (``gateway.pricing``)
-for prompt and completion tokens.
+:data:`MAX_ATTEMPTS` candidates (1: the paper's rule); a refusal costs
+:data:`REFUSAL_S` (2 ms). A request every tried node refused goes to the cloud,
+priced at GPT-4 (``gateway.pricing``) for prompt and completion tokens. A policy
+with ``hold_s`` (``cost_aware``) holds a request that fits nowhere, as
+``gateway.routing.PolicyRouter`` does: held requests are placed, smallest
+``max_tokens`` first, after each completion or load record, on the first ordered
+node whose view fits; at the end of its hold a request goes to the cloud. The
+``litellm_*`` methods are LiteLLM's Router (``benchmarks.litellm_router``) on the
+model's clock. ``overhead_s`` keeps a slot held that long after its stream ends
+(the system's measured round trip, for the agreement check).
 
-Latency. Edge: service time plus 2 ms per refused attempt. Cloud: 2 ms per refused
-attempt + :data:`CLOUD_BASE_S` (800 ms) + tokens / :data:`CLOUD_TPS` (50 tok/s).
-p50 and p95 are over all requests (edge and cloud), nearest rank.
+Latency. Edge: hold + service time (+ overhead) + 2 ms per refused attempt. Cloud:
+hold + 2 ms per refused attempt + :data:`CLOUD_BASE_S` (800 ms) + tokens /
+:data:`CLOUD_TPS` (50 tok/s). p50 and p95 are over all requests (edge and cloud),
+nearest rank.
 
-``rejected`` counts refusals per attempt; ``processed + cloud_redirects`` is the
-number of requests.
+``rejected`` counts refusals per attempt;
+``processed + cloud_redirects`` is the number of requests.
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypedDict
 
+from benchmarks.litellm_router import Held
+from benchmarks.sim_node import BUDGET, MAX_TOKENS, MIX, STALENESS_S, SimNode, make_nodes
 from benchmarks.trace import BASE_RPS, Req, describe, make_trace
-from edge_node.admission import Admission, Ticket
-from edge_node.profiles import DeviceProfile, get_profile
-from gateway.nodes import NOMINAL_TPS, NodeView
+from edge_node.profiles import get_profile
+from gateway.nodes import NodeView
 from gateway.policies import DEFAULT_LIMIT, POLICIES, RequestShape, make_policy
 from gateway.pricing import PriceTable
 
-MIX: tuple[tuple[str, int], ...] = (("jetson-agx-orin", 2), ("jetson-orin-nano", 6))
-BUDGET = 4096
-MAX_TOKENS = 512
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 1  # the paper's rule: the chosen node cannot take it -> the cloud
 REFUSAL_S = 0.002
 CLOUD_BASE_S = 0.8
 CLOUD_TPS = 50.0
-STALENESS_S = 0.2
 CLOUD_MODEL = "gpt-4"
 
 
@@ -73,108 +77,59 @@ class PolicyResult(TypedDict):
     p95_ms: float
 
 
-class SimNode:
-    """One edge node: admission, processor-sharing service, and its published load."""
-
-    def __init__(
-        self, node_id: str, profile: DeviceProfile, budget: int, staleness_s: float
-    ) -> None:
-        self.node_id = node_id
-        self.profile = profile
-        self.admission = Admission(profile.concurrency.value, budget)
-        self.staleness_s = staleness_s
-        self.now = 0.0  # real time the virtual clock was last advanced to
-        self.vclock = 0.0  # single-stream seconds of work done by each stream so far
-        self.jobs: list[tuple[float, int, float, Ticket, int]] = []  # vfinish, serial, ...
-        self.published = (0, 0)  # (in_flight, tokens_in_flight) of the last load record
-        self.last_publish = -math.inf
-        self.publish_at = math.inf  # when the next (debounced) load record goes out
-        self.unreflected: dict[int, int] = {}  # gateway reservations: serial -> tokens
-        stream, aggregate = NOMINAL_TPS[profile.name]
-        self.stream_tps, self.capacity_tps = stream, aggregate
-
-    def _advance(self, now: float) -> None:
-        self.vclock += (now - self.now) * self.profile.share(len(self.jobs))
-        self.now = now
-
-    def next_completion(self) -> float:
-        if not self.jobs:
-            return math.inf
-        return self.now + (self.jobs[0][0] - self.vclock) / self.profile.share(len(self.jobs))
-
-    def _changed(self, now: float) -> None:
-        if self.publish_at == math.inf:
-            self.publish_at = max(now, self.last_publish + self.staleness_s)
-        if self.publish_at <= now:
-            self.publish(now)
-
-    def publish(self, now: float) -> None:
-        """Send a load record: the gateway now sees the true state, reservations settle."""
-        self.published = (self.admission.in_flight, self.admission.tokens_in_flight)
-        self.last_publish, self.publish_at = now, math.inf
-        self.unreflected.clear()
-
-    def try_start(self, now: float, req: Req, serial: int, refusals: int) -> bool:
-        """Admit and start ``req``, or refuse it (``False``) as the node's admission does."""
-        ticket = self.admission.admit(req.prompt_tokens + req.tokens)
-        if ticket is None:
-            return False
-        self._advance(now)
-        work = req.prompt_tokens / self.profile.prefill_tps.value
-        work += req.tokens / self.profile.decode_tps.value
-        heapq.heappush(self.jobs, (self.vclock + work, serial, now, ticket, refusals))
-        self.unreflected[serial] = ticket.tokens
-        self._changed(now)
-        return True
-
-    def complete(self, now: float) -> tuple[float, int]:
-        """Finish the first stream due; its (start time, refused attempts before it)."""
-        self._advance(now)
-        _, serial, started, ticket, refusals = heapq.heappop(self.jobs)
-        self.admission.release(ticket)
-        self.unreflected.pop(serial, None)  # the answer releases the gateway's reservation
-        self._changed(now)
-        return started, refusals
-
-    def view(self) -> NodeView:
-        """What the gateway's ``NodeDirectory`` would say about this node now."""
-        in_flight, tokens = self.published
-        return NodeView(
-            node_id=self.node_id,
-            device=self.profile.name,
-            slots=self.admission.concurrency,
-            max_inflight_tokens=self.admission.max_inflight_tokens,
-            max_tokens=MAX_TOKENS,
-            in_flight=in_flight + len(self.unreflected),
-            tokens_in_flight=tokens + sum(self.unreflected.values()),
-            capacity_tps=self.capacity_tps,
-            stream_tps=self.stream_tps,
-        )
-
-    def check(self) -> None:
-        """Assert the node never exceeds its slots or token budget (and books balance)."""
-        a = self.admission
-        assert 0 <= a.in_flight <= a.concurrency, (self.node_id, a.in_flight)
-        assert 0 <= a.tokens_in_flight <= a.max_inflight_tokens, (self.node_id, a.tokens_in_flight)
-        assert len(self.jobs) == a.in_flight
-        assert sum(j[3].tokens for j in self.jobs) == a.tokens_in_flight
-
-
-def make_nodes(
-    mix: Sequence[tuple[str, int]] = MIX, budget: int = BUDGET, staleness_s: float = STALENESS_S
-) -> list[SimNode]:
-    """Fresh nodes for ``mix`` (profile name, count), ids ``<profile>-<i>``."""
-    return [
-        SimNode(f"{name}-{i}", get_profile(name), budget, staleness_s)
-        for name, count in mix
-        for i in range(count)
-    ]
-
-
-def _percentile_ms(ordered: list[float], q: float) -> float:
+def percentile_ms(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 1)
+
+
+class _Native:
+    """A gateway policy: order, and (cost_aware) how long to hold a request."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.policy, self.rng = make_policy(name), random.Random(seed)
+
+    def order(self, req: Req, views: list[NodeView]) -> list[str]:
+        shape = RequestShape(req.prompt_tokens, req.tokens)
+        order = self.policy.order(shape, views, self.rng, limit=DEFAULT_LIMIT)
+        return [v.node_id for v in order]
+
+    def hold(self, req: Req, views: list[NodeView]) -> float:
+        hold_s = getattr(self.policy, "hold_s", None)
+        return (
+            0.0
+            if hold_s is None
+            else float(hold_s(RequestShape(req.prompt_tokens, req.tokens), views))
+        )
+
+    def sent(self, node_id: str, req: Req) -> object:
+        return None
+
+    def ended(self, held: object, total_tokens: int | None) -> None:
+        pass
+
+
+class _LiteLLM(_Native):
+    """LiteLLM's Router (``benchmarks.litellm_router``) on the model's clock."""
+
+    def __init__(self, name: str, nodes: Sequence[SimNode], clock: Callable[[], float]) -> None:
+        from benchmarks.litellm_router import LiteLLMRouter  # noqa: PLC0415 - optional
+
+        self.router = LiteLLMRouter(name, [(n.node_id, n.profile.name) for n in nodes], clock=clock)
+
+    def order(self, req: Req, views: list[NodeView]) -> list[str]:
+        return [p.node_id for p in self.router.order(req.prompt_tokens, req.tokens, "general")]
+
+    def hold(self, req: Req, views: list[NodeView]) -> float:
+        return 0.0
+
+    def sent(self, node_id: str, req: Req) -> object:
+        return self.router.reserve(node_id, req.prompt_tokens + req.tokens)
+
+    def ended(self, held: object, total_tokens: int | None) -> None:
+        assert isinstance(held, Held)
+        self.router.outcome(held, total_tokens)
+        self.router.release(held)
 
 
 def simulate(
@@ -186,43 +141,100 @@ def simulate(
     budget: int = BUDGET,
     staleness_s: float = STALENESS_S,
     attempts: int = MAX_ATTEMPTS,
+    overhead_s: float = 0.0,
     check: bool = False,
 ) -> PolicyResult:
     """Run ``trace`` through the cluster with one policy; ``check`` asserts every event."""
-    policy, rng, prices = make_policy(policy_name), random.Random(seed), PriceTable()
-    nodes = make_nodes(mix, budget, staleness_s)
+    prices = PriceTable()
+    random.seed(seed)  # LiteLLM's strategies draw from the global random module
+    nodes = make_nodes(mix, budget, staleness_s, overhead_s)
     by_id = {n.node_id: n for n in nodes}
+    clock = [0.0]
+    chooser = (
+        _LiteLLM(policy_name, nodes, lambda: clock[0])
+        if policy_name.startswith("litellm_")
+        else _Native(policy_name, seed)
+    )
     latencies: list[float] = []
     processed = rejected = redirects = 0
     cost = 0.0
+    started: dict[int, tuple[float, int, object]] = {}  # serial -> (arrival, refusals, held)
+    waiting: list[tuple[int, float]] = []  # (trace index, hold deadline), in arrival order
+
+    def cloud(i: int, now: float, refusals: int) -> None:
+        nonlocal redirects, cost
+        req = trace[i]
+        redirects += 1
+        cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
+        wait = now - req.t
+        latencies.append(wait + refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
+
+    def place(i: int, now: float, *, first: bool) -> bool:
+        """Try the policy's nodes; False when the request should wait (or go to the cloud)."""
+        nonlocal rejected
+        req = trace[i]
+        views = [n.view() for n in nodes]
+        hold = chooser.hold(req, views) if first else 0.0
+        if first and hold > 0:
+            waiting.append((i, now + hold))
+            return True
+        order = chooser.order(req, views)
+        if not first:  # a held request goes only where the view says it fits
+            fits = {v.node_id for v in views if v.fits(req.prompt_tokens + req.tokens, req.tokens)}
+            order = [n for n in order if n in fits]
+            if not order:
+                return False
+        refusals = 0
+        for node_id in order[:attempts]:
+            held = chooser.sent(node_id, req)
+            if by_id[node_id].try_start(now, req, i, refusals):
+                started[i] = (req.t, refusals, held)
+                break
+            chooser.ended(held, None)
+            refusals += 1
+        else:
+            cloud(i, now, refusals)
+        rejected += refusals
+        return True
+
+    def retry_waiting(now: float) -> None:
+        keep = []
+        # the most expensive request first: it saves the most cloud cost (cost is per token)
+        waiting.sort(key=lambda w: (trace[w[0]].tokens, w[0]))
+        for i, deadline in waiting:
+            if deadline <= now:
+                cloud(i, now, 0)
+            elif not place(i, now, first=False):
+                keep.append((i, deadline))
+        waiting[:] = keep
+
     i = 0
     while True:
         arrival = trace[i].t if i < len(trace) else math.inf
         done = min(nodes, key=SimNode.next_completion)
         publish = min(nodes, key=lambda n: n.publish_at)
         t_done, t_pub = done.next_completion(), publish.publish_at
-        if min(arrival, t_done, t_pub) == math.inf:
+        t_hold = min((d for _, d in waiting), default=math.inf)
+        now = min(arrival, t_done, t_pub, t_hold)
+        if now == math.inf:
             break
-        if t_done <= t_pub and t_done <= arrival:  # completions first, then publishes
-            started, refusals = done.complete(t_done)
-            latencies.append(t_done - started + refusals * REFUSAL_S)
-            processed += 1
-        elif t_pub <= arrival:
-            publish.publish(t_pub)
+        clock[0] = now
+        if t_done == now:  # completions first, then publishes, hold deadlines, arrivals
+            serial = done.complete(now)
+            if serial is not None:  # else its overhead tail begins: the slot is still held
+                t0, refusals, held = started.pop(serial)
+                req = trace[serial]
+                chooser.ended(held, req.prompt_tokens + req.tokens)
+                latencies.append(now - t0 + refusals * REFUSAL_S)
+                processed += 1
+                retry_waiting(now)
+        elif t_pub == now:
+            publish.publish(now)
+            retry_waiting(now)
+        elif t_hold == now:
+            retry_waiting(now)
         else:
-            req = trace[i]
-            shape = RequestShape(req.prompt_tokens, req.tokens)
-            order = policy.order(shape, [n.view() for n in nodes], rng, limit=DEFAULT_LIMIT)
-            refusals = 0
-            for view in order[:attempts]:
-                if by_id[view.node_id].try_start(arrival, req, i, refusals):
-                    break
-                refusals += 1
-            else:
-                redirects += 1
-                cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
-                latencies.append(refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
-            rejected += refusals
+            place(i, now, first=True)
             i += 1
         if check:
             for n in nodes:
@@ -233,8 +245,8 @@ def simulate(
         "rejected": rejected,
         "cloud_redirects": redirects,
         "cloud_cost_usd": round(cost, 4),
-        "p50_ms": _percentile_ms(latencies, 0.5),
-        "p95_ms": _percentile_ms(latencies, 0.95),
+        "p50_ms": percentile_ms(latencies, 0.5),
+        "p95_ms": percentile_ms(latencies, 0.95),
     }
 
 
@@ -244,13 +256,27 @@ def _ratio(policies: dict[str, PolicyResult], a: str, b: str) -> float | None:
     return round(policies[a]["cloud_cost_usd"] / policies[b]["cloud_cost_usd"], 3)
 
 
+def _mix(text: str) -> tuple[tuple[str, int], ...]:
+    """``jetson-agx-orin:4,raspberry-pi-5:4`` -> ((name, count), ...)."""
+    out = []
+    for part in text.split(","):
+        name, _, count = part.partition(":")
+        get_profile(name.strip())
+        out.append((name.strip(), int(count or 1)))
+    return tuple(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3600.0, help="trace seconds")
     parser.add_argument("--base-rps", type=float, default=BASE_RPS, help="base arrival rate")
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    every = [*POLICIES, "litellm_least_busy", "litellm_usage_based"]
+    parser.add_argument("--policies", nargs="+", default=every, choices=every)
+    parser.add_argument(
+        "--mix", type=_mix, default=MIX, help="profile:count,... (default 2 AGX Orin + 6 Nano)"
+    )
     parser.add_argument("--staleness", type=float, default=STALENESS_S, help="load debounce, s")
     parser.add_argument("--budget", type=int, default=BUDGET, help="max_inflight_tokens")
     parser.add_argument("--attempts", type=int, default=MAX_ATTEMPTS, help="edge tries")
@@ -265,19 +291,21 @@ def main() -> None:
             budget=args.budget,
             staleness_s=args.staleness,
             attempts=args.attempts,
+            mix=args.mix,
         )
         for name in args.policies
     }
     ratios = {
         "load_aware/random": _ratio(results, "load_aware", "random"),
         "fit_first/load_aware": _ratio(results, "fit_first", "load_aware"),
+        "cost_aware/load_aware": _ratio(results, "cost_aware", "load_aware"),
     }
-    mix = " + ".join(f"{count} x {name}" for name, count in MIX)
+    mix = " + ".join(f"{count} x {name}" for name, count in args.mix)
     out = {
         "model": "discrete-event",
         "nodes": {
             "mix": mix,
-            "count": sum(count for _, count in MIX),
+            "count": sum(count for _, count in args.mix),
             "max_inflight_tokens": args.budget,
             "max_tokens": MAX_TOKENS,
             "staleness_s": args.staleness,
@@ -296,12 +324,29 @@ def main() -> None:
         return
     print(f"{mix}; {len(trace)} requests, seed {args.seed}")
     cols = list(PolicyResult.__annotations__)
-    print(f"{'policy':<12}" + "".join(f"{c:>16}" for c in cols))
+    print(f"{'policy':<21}" + "".join(f"{c:>16}" for c in cols))
     for name, result in results.items():
         row: dict[str, object] = dict(result)
-        print(f"{name:<12}" + "".join(f"{row[c]!s:>16}" for c in cols))
+        print(f"{name:<21}" + "".join(f"{row[c]!s:>16}" for c in cols))
     for label, value in ratios.items():
         print(f"cloud cost {label}: {value}")
+
+
+__all__ = [
+    "BUDGET",
+    "CLOUD_BASE_S",
+    "CLOUD_MODEL",
+    "CLOUD_TPS",
+    "MAX_ATTEMPTS",
+    "MAX_TOKENS",
+    "MIX",
+    "STALENESS_S",
+    "PolicyResult",
+    "SimNode",
+    "make_nodes",
+    "percentile_ms",
+    "simulate",
+]
 
 
 if __name__ == "__main__":

@@ -217,6 +217,7 @@ class NodeDirectory:
         self._refreshed = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._death: dict[str, set[asyncio.Event]] = {}
+        self._listeners: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Self:
         self.refresh()
@@ -282,6 +283,10 @@ class NodeDirectory:
     def _signal_death(self, node_id: str) -> None:
         for event in self._death.get(node_id, ()):
             event.set()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after any view changes (load record or reservation)."""
+        self._listeners.append(listener)
 
     # --- reservations -----------------------------------------------------------------
 
@@ -369,6 +374,8 @@ class NodeDirectory:
         base = self._base.get(node_id)
         if base is None:
             return
+        for listener in self._listeners:  # listeners defer their work (call_soon)
+            listener()
         since = self._load_at.get(node_id, -math.inf)
         late = [r for r in self._pending.get(node_id, {}).values() if r.at + self.settle_s > since]
         view = base

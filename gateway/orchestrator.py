@@ -225,7 +225,12 @@ class Orchestrator:
         attempts: list[str] = []
         best: Answer | None = None
         prompt_tokens = estimate_tokens(query.messages)
-        order = self.router.order(prompt_tokens, query.max_tokens, domain)
+        hold = getattr(self.router, "order_when_fit", None)  # a router that may hold a request
+        order = (
+            await hold(prompt_tokens, query.max_tokens, domain)
+            if hold is not None
+            else self.router.order(prompt_tokens, query.max_tokens, domain)
+        )
         for node in order[: self.max_edge_attempts]:
             answer = await self._try_node(node.node_id, query, prompt_tokens, attempts)
             if answer is None:

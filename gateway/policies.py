@@ -39,6 +39,21 @@ limits are honoured; beyond that:
      same lagging CMS, from all sending their next request to the same best node
      (the gateway's own reservations already prevent that within one gateway).
 
+- ``cost_aware`` (ours, for the allocation study): fit_first's order, and when no
+  node can take a request now it is *held* at the gateway instead of being sent to
+  the cloud at once, for as long as waiting for a slot still beats the cloud on
+  expected latency: ``hold = cloud_s - edge_s``, with ``cloud_s = cloud_base_s +
+  max_tokens / cloud_tps`` and ``edge_s`` the request's time on the best node that
+  could take it with every slot busy (``max_tokens * slots / capacity_tps``). The
+  edge refuses rather than queues, so without a hold every request that meets a
+  full cluster during a surge pays GPT-4 prices, although a slot frees every few
+  hundred milliseconds; a hold turns that loss into a short wait. Cost is per
+  token and the hold grows with ``max_tokens``, so the expensive requests wait
+  longest and the cheap ones go to the cloud first when the wait is long. A held
+  request that still fits nowhere when its hold ends goes to the cloud without a
+  refused attempt. :meth:`CostAwarePolicy.hold_s` says how long; the gateway's
+  router waits on the node directory (``gateway.routing.PolicyRouter``).
+
 ``limit`` bounds how many nodes a policy returns (default :data:`DEFAULT_LIMIT`:
 twice the orchestrator's default of four attempts); ``None`` orders every node.
 """
@@ -48,6 +63,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -242,6 +258,39 @@ class FitFirstPolicy:
         return [*fit, *later][:limit]
 
 
+class CostAwarePolicy(FitFirstPolicy):
+    """fit_first's order; hold a request that fits nowhere while waiting beats the cloud."""
+
+    name: ClassVar[str] = "cost_aware"
+
+    def __init__(
+        self,
+        *,
+        cloud_base_s: float = 0.8,
+        cloud_tps: float = 50.0,
+        scan_limit: int = 64,
+        choices: int = 2,
+    ) -> None:
+        super().__init__(scan_limit=scan_limit, choices=choices)
+        if cloud_base_s < 0 or cloud_tps <= 0:
+            raise ValueError("cloud_base_s must be >= 0 and cloud_tps > 0")
+        self.cloud_base_s = cloud_base_s
+        self.cloud_tps = cloud_tps
+
+    def hold_s(self, request: RequestShape, candidates: Sequence[NodeView]) -> float:
+        """Seconds the gateway may wait for a slot (0 when a node fits or none ever will)."""
+        tokens, max_tokens = request.tokens, request.max_tokens
+        edge = math.inf
+        for v in candidates:
+            if v.fits(tokens, max_tokens):
+                return 0.0
+            if v.can_take(tokens, max_tokens):
+                edge = min(edge, max_tokens * v.slots / v.capacity_tps)
+        if edge == math.inf:
+            return 0.0
+        return max(0.0, self.cloud_base_s + max_tokens / self.cloud_tps - edge)
+
+
 def _completion(tokens: int) -> Callable[[NodeView], float]:
     """Expected seconds until a request of ``tokens`` would finish on a node."""
 
@@ -252,7 +301,8 @@ def _completion(tokens: int) -> Callable[[NodeView], float]:
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (RandomPolicy, WeightedPolicy, LoadAwarePolicy, FitFirstPolicy)
+    p.name: p
+    for p in (RandomPolicy, WeightedPolicy, LoadAwarePolicy, FitFirstPolicy, CostAwarePolicy)
 }
 
 
@@ -310,6 +360,7 @@ def timing(call: Callable[[], object], rounds: int) -> DecisionTiming:
 __all__ = [
     "DEFAULT_LIMIT",
     "POLICIES",
+    "CostAwarePolicy",
     "DecisionTiming",
     "FitFirstPolicy",
     "LoadAwarePolicy",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -21,9 +22,9 @@ import numpy.typing as npt
 from gateway.cache import CachedAnswer, SemanticCache, cache_key, scope_key
 from gateway.classifier import DomainClassifier, gap_likely
 from gateway.encoder import SentenceEncoder
-from gateway.nodes import NodeDirectory, NodeView
+from gateway.nodes import NodeDirectory, NodeView, Reservation
 from gateway.orchestrator import Answer, Query
-from gateway.policies import RequestShape, make_policy
+from gateway.policies import Policy, RequestShape, make_policy
 
 CLASSIFIER = Path(__file__).resolve().parent / "data" / "classifier.npz"
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMBT]?)", re.IGNORECASE)
@@ -31,14 +32,29 @@ _SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
 
 class PolicyRouter:
-    """Candidates from the CMS, ordered by the configured policy."""
+    """Candidates from the CMS, ordered by the configured policy.
 
-    def __init__(self, directory: NodeDirectory, policy: str, capability: str) -> None:
+    A policy with ``hold_s`` (``cost_aware``) may have a request that fits nowhere
+    wait here (:meth:`order_when_fit`) instead of going to the cloud: held requests
+    are placed, smallest ``max_tokens`` first (the most cloud cost saved per slot
+    second), whenever the directory's views change, on the first node the policy
+    orders that fits; the slot is reserved at once and handed to the waiting task's
+    :meth:`reserve`. ``policy`` is a name, or a configured policy object.
+    """
+
+    def __init__(self, directory: NodeDirectory, policy: str | Policy, capability: str) -> None:
         self.directory = directory
-        self.policy = make_policy(policy)
-        self.policy_name = policy
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy_name = self.policy.name
         self.capability = capability
         self.rng = random.Random()
+        self._held: dict[int, tuple[RequestShape, asyncio.Future[tuple[NodeView, Reservation]]]]
+        self._held = {}
+        self._serial = itertools.count()
+        self._handoff: dict[asyncio.Task[Any] | None, Reservation] = {}
+        self._scheduled = False
+        if hasattr(self.policy, "hold_s"):
+            directory.add_listener(self._changed)
 
     def order(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[NodeView]:
         candidates = self.directory.candidates(self.capability)
@@ -46,7 +62,53 @@ class PolicyRouter:
             self.policy.order(RequestShape(prompt_tokens, max_tokens, domain), candidates, self.rng)
         )
 
+    async def order_when_fit(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[Any]:
+        """:meth:`order`, or wait up to the policy's hold for a node that fits ([] after)."""
+        hold_s = getattr(self.policy, "hold_s", None)
+        shape = RequestShape(prompt_tokens, max_tokens, domain)
+        hold = 0.0 if hold_s is None else hold_s(shape, self.directory.candidates(self.capability))
+        if hold <= 0:
+            return self.order(prompt_tokens, max_tokens, domain)
+        key = next(self._serial)
+        placed: asyncio.Future[tuple[NodeView, Reservation]]
+        placed = asyncio.get_running_loop().create_future()
+        self._held[key] = (shape, placed)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(placed), hold)
+        finally:
+            self._held.pop(key, None)
+        if not placed.done():
+            placed.cancel()
+            return []
+        view, reservation = placed.result()
+        self._handoff[asyncio.current_task()] = reservation
+        return [view]
+
+    def _changed(self) -> None:
+        if self._held and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._place)
+
+    def _place(self) -> None:
+        """Give freed capacity to held requests, smallest ``max_tokens`` first."""
+        self._scheduled = False
+        for key in sorted(self._held, key=lambda k: (self._held[k][0].max_tokens, k)):
+            shape, placed = self._held[key]
+            if placed.done():
+                continue
+            candidates = self.directory.candidates(self.capability)
+            for view in self.policy.order(shape, candidates, self.rng):
+                if view.fits(shape.tokens, shape.max_tokens):
+                    placed.set_result((view, self.directory.reserve(view.node_id, shape.tokens)))
+                    break
+
     def reserve(self, node_id: str, tokens: int) -> Any:
+        held = self._handoff.pop(asyncio.current_task(), None)  # made when a hold ended
+        if held is not None:
+            if held.node_id == node_id:
+                return held
+            self.directory.release(held)
         return self.directory.reserve(node_id, tokens)
 
     def release(self, reservation: Any) -> None:

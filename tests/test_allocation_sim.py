@@ -12,6 +12,7 @@ from benchmarks.trace import Req, make_trace, rate_at
 from edge_node.profiles import get_profile
 
 POLICIES = ("random", "weighted", "load_aware", "fit_first")
+EVERY = (*POLICIES, "cost_aware", "litellm_least_busy", "litellm_usage_based")
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,17 @@ def test_trace_is_seeded_sorted_and_surges() -> None:
     assert rate_at(300.0, 2.0) == (8.0, 330.0)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_deterministic_and_conserving_within_limits(trace: list[Req], policy: str) -> None:
-    first = simulate(trace, policy, seed=9, check=True)  # check: invariants after every event
-    assert first == simulate(trace, policy, seed=9)
+@pytest.mark.parametrize("policy", EVERY)
+@pytest.mark.parametrize("overhead", [0.0, 0.1])
+def test_deterministic_and_conserving_within_limits(
+    trace: list[Req], policy: str, overhead: float
+) -> None:
+    first = simulate(trace, policy, seed=9, overhead_s=overhead, check=True)  # every event
+    assert first == simulate(trace, policy, seed=9, overhead_s=overhead)
     assert first["processed"] + first["cloud_redirects"] == len(trace)
     assert first["cloud_redirects"] > 0  # the surge saturates the cluster
+    if policy not in POLICIES:  # holds and LiteLLM's "no deployment" skip the refusal
+        return
     assert first["rejected"] >= first["cloud_redirects"]  # each redirect was refused first
     assert 0 < first["p50_ms"] <= first["p95_ms"]
 
@@ -86,3 +92,22 @@ def test_one_hour_runs_in_seconds() -> None:
     print(f"1-hour trace, {len(trace)} requests, fit_first: {elapsed:.2f} s")
     assert result["processed"] + result["cloud_redirects"] == len(trace)
     assert elapsed < 30  # loose: about a second on a laptop
+
+
+def test_cost_aware_holds_instead_of_refusing_and_saves_cloud_cost(trace: list[Req]) -> None:
+    load_aware = simulate(trace, "load_aware", seed=9)
+    ours = simulate(trace, "cost_aware", seed=9)
+    assert ours["rejected"] == 0  # it never sends a request where the view says it won't fit
+    assert ours["cloud_cost_usd"] < load_aware["cloud_cost_usd"]
+
+
+def test_overhead_holds_slots_longer() -> None:
+    node = SimNode("n", get_profile("jetson-orin-nano"), 4096, 0.0, overhead_s=0.5)
+    assert node.try_start(0.0, Req(0.0, 0, 60), 0, 0)  # 1 s of decode alone
+    assert node.next_completion() == pytest.approx(1.0)
+    assert node.complete(1.0) is None  # the device is done; the slot is held 0.5 s more
+    node.check()
+    assert node.admission.in_flight == 1
+    assert node.next_completion() == pytest.approx(1.5)
+    assert node.complete(1.5) == 0
+    assert node.admission.in_flight == 0

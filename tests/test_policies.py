@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from typing import Any, Literal
@@ -15,9 +16,10 @@ from edge_node.admission import Admission
 from edge_node.agent import NodeAgent
 from edge_node.config import NodeConfig
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
-from gateway.nodes import DEFAULT_TPS, NodeDirectory, NodeView
+from gateway.nodes import DEFAULT_TPS, NodeDirectory, NodeView, Reservation
 from gateway.policies import (
     POLICIES,
+    CostAwarePolicy,
     FitFirstPolicy,
     LoadAwarePolicy,
     RandomPolicy,
@@ -27,6 +29,7 @@ from gateway.policies import (
     make_policy,
     pick_timing,
 )
+from gateway.routing import PolicyRouter
 from tests.helpers import eventually, settings
 
 
@@ -66,9 +69,11 @@ def random_cluster(rng: random.Random, n: int) -> list[NodeView]:
 
 
 def test_registry_and_unknown_name():
-    assert set(POLICIES) == {"random", "weighted", "load_aware", "fit_first"}
+    assert set(POLICIES) == {"random", "weighted", "load_aware", "fit_first", "cost_aware"}
     assert isinstance(make_policy("fit_first"), FitFirstPolicy)
-    with pytest.raises(UnknownPolicyError, match="fit_first, load_aware, random, weighted"):
+    with pytest.raises(
+        UnknownPolicyError, match="cost_aware, fit_first, load_aware, random, weighted"
+    ):
         make_policy("round_robin")
 
 
@@ -400,3 +405,101 @@ async def test_a_real_node_in_the_directory_then_gone(mosquitto, prefix):
         )
         assert not seen(nodes, prefix).online
         await clear(Cms(bus), [prefix])
+
+
+# --- cost_aware: hold instead of the cloud -------------------------------------------
+
+
+def test_cost_aware_holds_only_when_nothing_fits_and_waiting_beats_the_cloud():
+    policy = make_policy("cost_aware")
+    assert isinstance(policy, CostAwarePolicy)
+    free = view("free", slots=2, in_flight=1, capacity_tps=90.0, stream_tps=60.0)
+    full = view("full", slots=2, in_flight=2, capacity_tps=90.0, stream_tps=60.0)
+    big, small = RequestShape(80, 500), RequestShape(80, 50)
+    assert policy.hold_s(big, [free, full]) == 0.0  # a node fits: no hold
+    # cloud 0.8 + 500 / 50 = 10.8 s; edge with both slots busy 500 * 2 / 90 = 11.1 s
+    assert policy.hold_s(big, [full]) == 0.0
+    fast = view("agx", slots=4, in_flight=4, capacity_tps=260.0, stream_tps=130.0)
+    assert policy.hold_s(big, [full, fast]) == pytest.approx(10.8 - 500 * 4 / 260.0)
+    assert policy.hold_s(small, [full, fast]) == pytest.approx(1.8 - 50 * 4 / 260.0)
+    assert policy.hold_s(RequestShape(80, 2000), [fast]) == 0.0  # no node ever takes it
+    # the same order as fit_first
+    nodes = [free, fast, full]
+    assert [v.node_id for v in policy.order(big, nodes, random.Random(1))] == [
+        v.node_id for v in FitFirstPolicy().order(big, nodes, random.Random(1))
+    ]
+    with pytest.raises(ValueError, match="cloud_tps"):
+        CostAwarePolicy(cloud_tps=0)
+
+
+class ListDirectory:
+    """A node directory over a list of views (unit tests of PolicyRouter's holds)."""
+
+    def __init__(self, views: list[NodeView]) -> None:
+        self.views = {v.node_id: v for v in views}
+        self.listeners: list[Any] = []
+        self.reserved: list[tuple[str, int]] = []
+
+    def candidates(self, capability: str, model: str | None = None) -> list[NodeView]:
+        return list(self.views.values())
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def set(self, node_id: str, **kw: Any) -> None:
+        self.views[node_id] = dataclasses.replace(self.views[node_id], **kw)
+        for listener in self.listeners:
+            listener()
+
+    def reserve(self, node_id: str, tokens: int) -> Reservation:
+        """As NodeDirectory: the reservation counts in the view at once."""
+        self.reserved.append((node_id, tokens))
+        v = self.views[node_id]
+        self.set(node_id, in_flight=v.in_flight + 1, tokens_in_flight=v.tokens_in_flight + tokens)
+        return Reservation(node_id, tokens, 0.0, len(self.reserved))
+
+    def release(self, reservation: Reservation) -> None:
+        self.reserved.remove((reservation.node_id, reservation.tokens))
+        v = self.views[reservation.node_id]
+        self.set(
+            reservation.node_id,
+            in_flight=v.in_flight - 1,
+            tokens_in_flight=v.tokens_in_flight - reservation.tokens,
+        )
+
+
+def full_agx(**kw: Any) -> NodeView:
+    return view("agx", slots=4, in_flight=4, capacity_tps=2600.0, stream_tps=1300.0, **kw)
+
+
+async def test_policy_router_holds_then_places_smallest_first():
+    directory = ListDirectory([full_agx()])
+    # x10 compressed cloud model: holds of ~0.1-0.3 s
+    router = PolicyRouter(directory, CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0), "c")
+
+    async def held(max_tokens: int) -> tuple[list[NodeView], Reservation]:
+        order = await router.order_when_fit(80, max_tokens, "general")
+        return order, router.reserve("agx", 80 + max_tokens)  # as the orchestrator does next
+
+    big = asyncio.create_task(held(500))
+    small = asyncio.create_task(held(50))
+    await asyncio.sleep(0.02)
+    assert not big.done()
+    assert not small.done()
+    directory.set("agx", in_flight=3)  # one slot frees
+    await asyncio.sleep(0.01)
+    assert small.done()
+    assert [v.node_id for v in small.result()[0]] == ["agx"]
+    assert not big.done()  # the slot went to the smaller request
+    # reserved when placed; the orchestrator's reserve got that reservation back
+    assert directory.reserved == [("agx", 130)]
+    assert small.result()[1].serial == 1
+    order, _ = await big
+    assert order == []  # its hold (10.8 - 500 * 4 / 260 s, /10) ran out: the cloud
+
+
+async def test_policy_router_without_a_hold_orders_at_once():
+    directory = ListDirectory([full_agx()])
+    router = PolicyRouter(directory, "load_aware", "c")
+    assert [v.node_id for v in await router.order_when_fit(80, 500, "general")] == ["agx"]
+    assert directory.listeners == []  # only holding policies listen

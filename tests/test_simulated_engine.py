@@ -82,6 +82,33 @@ def test_timing_honesty_in_real_time() -> None:
     assert gen.ttft_ms / 1e3 == pytest.approx(8 / 1000.0, abs=0.02)
 
 
+def test_time_scale_compresses_the_schedule_exactly() -> None:
+    """x50: the same simulated schedule in 1/50 of the time; tokens come out in ticks."""
+    fake = FakeClock()
+    wakes: list[float] = []
+
+    def sleep(event: threading.Event, dt: float) -> bool:
+        wakes.append(dt)
+        return fake.sleep(event, dt)
+
+    engine = SimulatedEngine(fast(time_scale=50.0, tick_s=0.002), sleep=sleep, clock=fake.clock)
+    gen, _, pieces = run(engine, 50)
+    assert len(pieces) == gen.completion_tokens == 50
+    assert gen.ttft_ms == pytest.approx(8 / 1000.0 / 50 * 1e3)
+    assert gen.total_ms == pytest.approx((8 / 1000.0 + 49 / 100.0) / 50 * 1e3)
+    # one token is due every 0.2 ms of wall time; released every 2 ms, not per token
+    assert len(wakes) < 50 / 5
+    assert engine.info.extra["time_scale"] == 50.0
+
+
+def test_time_scale_in_real_time() -> None:
+    engine = SimulatedEngine(fast(time_scale=20.0))
+    gen, elapsed, _ = run(engine, 200)
+    expected = (8 / 1000.0 + 199 / 100.0) / 20  # ~0.1 s for ~2 simulated seconds
+    assert expected - 0.002 <= elapsed <= expected + 0.06
+    assert gen.completion_tokens == 200
+
+
 def test_concurrent_generations_share_the_device() -> None:
     engine = SimulatedEngine(fast())  # aggregate_speedup 1: two streams, half rate each
     _, alone, _ = run(engine, 20)
@@ -193,6 +220,7 @@ def test_unknown_profile_lists_known_names() -> None:
         {"profile": "raspberry-pi-5", "decode_tps": 0},
         {"profile": "raspberry-pi-5", "concurrency": 0},
         {"profile": "raspberry-pi-5", "aggregate_speedup": 0.5},
+        {"profile": "raspberry-pi-5", "time_scale": 0},
         {"type": "llama_cpp", "profile": "raspberry-pi-5"},
         {},
     ],

@@ -16,6 +16,16 @@ timeline (``t_i = t_{i-1} + 1/rate``), so sleep overshoot does not accumulate. A
 most ``slots`` generations run; more wait for a slot (that wait counts in ttft).
 Stop strings are ignored (``"sim "`` never contains one worth honouring).
 
+Compressed time. ``time_scale`` (default 1) is simulated seconds per wall second:
+every rate is multiplied by it, so a one-hour capacity study can run in a minute
+(``time_scale: 60``) with the same schedule in simulated time. At high scales a
+token every few hundred microseconds would wake a thread per token, so tokens are
+released in batches at most every ``tick_s`` wall seconds (each no earlier than
+its due time); the last token is released at its exact due time, so a
+generation's total time is not rounded. Whoever drives a compressed engine must
+compress the rest of its clock too (load debounce, deadlines): the engine only
+knows its own.
+
 Confidence is NOT a model probability: it is a deterministic pseudo value in
 [0, 1), the first 8 bytes of sha256(prompt) read as a fraction, so the same prompt
 always gets the same confidence (for reproducible cascade/escalation studies).
@@ -76,6 +86,12 @@ class SimulatedEngineConfig(BaseModel):
     completion_tokens: int | None = Field(
         None, ge=1, description="answer length (finish 'stop'); default: max_tokens"
     )
+    time_scale: float = Field(
+        1.0, gt=0, le=1000, description="simulated seconds per wall second (rates x this)"
+    )
+    tick_s: float = Field(
+        0.002, ge=0, le=0.1, description="tokens are released at most this often (wall s)"
+    )
 
     @field_validator("profile")
     @classmethod
@@ -118,6 +134,8 @@ class SimulatedEngine(Engine):
             ).items()
             if v is not None
         }
+        if config.time_scale != 1.0:
+            overrides["time_scale"] = config.time_scale
         self._info = ModelInfo(
             model_id=config.model_id,
             architecture="simulated",
@@ -167,18 +185,25 @@ class SimulatedEngine(Engine):
             )
         try:
             # Queueing for a slot counts in ttft; the prefill starts once in a slot.
-            due = self._clock() + prompt_tokens / self.profile.prefill_rate(self.running)
+            scale, tick = self.config.time_scale, self.config.tick_s
+            due = self._clock() + prompt_tokens / (self.profile.prefill_rate(self.running) * scale)
             first = due
             emitted = 0
+            woke = -math.inf
             while emitted < target:
-                if cancel.is_set() or self._sleep(cancel, max(0.0, due - self._clock())):
+                # the last token's due time at the current rate caps a batch's wait
+                rate = self.profile.decode_rate(self.running) * scale
+                wake = min(max(due, woke + tick), due + (target - emitted - 1) / rate)
+                if cancel.is_set() or self._sleep(cancel, max(0.0, wake - self._clock())):
                     finish = "cancelled"
                     break
+                woke = self._clock()
                 if emitted == 0:
-                    first = self._clock()
-                on_token(PIECE)
-                emitted += 1
-                due += 1.0 / self.profile.decode_rate(self.running)
+                    first = woke
+                while emitted < target and due <= woke:  # every token due by now
+                    on_token(PIECE)
+                    emitted += 1
+                    due += 1.0 / (self.profile.decode_rate(self.running) * scale)
             return self._result(
                 prompt_tokens=prompt_tokens,
                 n=emitted,
