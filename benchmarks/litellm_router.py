@@ -208,6 +208,14 @@ class LiteLLMRouter:
             }
             usage.log_success_event(logged, None, 0, 0)
 
+    def free_slots(self, prompt_tokens: int, max_tokens: int) -> int | None:
+        del prompt_tokens, max_tokens
+        return None  # LiteLLM knows no slots: never refused before routing
+
+    def watch_death(self, node_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        del node_id
+        return contextlib.nullcontext(asyncio.Event())  # LiteLLM does not follow presence
+
     def model_size(self, node_id: str) -> float:
         del node_id
         return 0.0

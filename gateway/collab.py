@@ -84,10 +84,10 @@ class ScopedRouter:
     def model_size(self, node_id: str) -> float:
         return self.base.model_size(node_id)
 
-    def __getattr__(self, name: str) -> Any:
-        # Whatever else the orchestrator asks of its router (presence watches...) is
-        # the gateway router's own.
-        return getattr(self.base, name)
+    async def order_when_fit(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[Any]:
+        # A subtask has its own deadline and a step's experts are few: no hold at the
+        # gateway (the base router's hold would place it on any node, out of scope).
+        return self.order(prompt_tokens, max_tokens, domain)
 
     def gap_likely(self, domain: str) -> bool:
         return self.base.gap_likely(domain)
