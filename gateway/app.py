@@ -234,8 +234,7 @@ async def _planned(
 
 
 def _planned_completion(outcome: CollabOutcome, requested_model: str) -> dict[str, Any]:
-    prompt = sum(s.prompt_tokens for s in outcome.steps)
-    completion = sum(s.completion_tokens for s in outcome.steps)
+    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -253,19 +252,7 @@ def _planned_completion(outcome: CollabOutcome, requested_model: str) -> dict[st
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         },
-        "edgecollab": {
-            "route": "collab",
-            "task": outcome.plan.task_id,
-            "template": outcome.plan.template,
-            "mode": outcome.plan.mode,
-            "status": outcome.status,
-            "steps": [
-                {"step": s.name, "node": s.node, "route": s.route, "status": s.status}
-                for s in outcome.steps
-            ],
-            "notes": outcome.notes,
-            "latency_ms": round(outcome.latency_ms, 1),
-        },
+        "edgecollab": outcome.summary(),
     }
 
 

@@ -137,8 +137,32 @@ class CollabOutcome:
     latency_ms: float = 0.0
 
     @property
+    def prompt_tokens(self) -> int:
+        return sum(s.prompt_tokens for s in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.steps)
+
+    @property
     def tokens(self) -> int:
-        return sum(s.prompt_tokens + s.completion_tokens for s in self.steps)
+        return self.prompt_tokens + self.completion_tokens
+
+    def summary(self) -> dict[str, Any]:
+        """What a planned answer says about itself (HTTP ``edgecollab``, MQTT result meta)."""
+        return {
+            "route": "collab",
+            "task": self.plan.task_id,
+            "template": self.plan.template,
+            "mode": self.plan.mode,
+            "status": self.status,
+            "steps": [
+                {"step": s.name, "node": s.node, "route": s.route, "status": s.status}
+                for s in self.steps
+            ],
+            "notes": self.notes,
+            "latency_ms": round(self.latency_ms, 1),
+        }
 
     @property
     def cloud_steps(self) -> list[str]:

@@ -225,23 +225,11 @@ async def _planned(orchestrator: Orchestrator, query: Query, template: Any) -> R
         raise RpcError(ErrorCode.BAD_REQUEST, str(exc)) from exc
     except QuotaExceeded as exc:
         raise RpcError(ErrorCode.OVERLOADED, str(exc)) from exc
-    steps = outcome.steps
     return Result(
         text=outcome.answer,
-        usage=Usage(sum(s.prompt_tokens for s in steps), sum(s.completion_tokens for s in steps)),
+        usage=Usage(outcome.prompt_tokens, outcome.completion_tokens),
         timings={"total_ms": round(outcome.latency_ms, 3)},
-        meta={
-            "route": "collab",
-            "task": outcome.plan.task_id,
-            "template": outcome.plan.template,
-            "mode": outcome.plan.mode,
-            "status": outcome.status,
-            "steps": [
-                {"step": s.name, "node": s.node, "route": s.route, "status": s.status}
-                for s in steps
-            ],
-            "notes": outcome.notes,
-        },
+        meta=outcome.summary(),
     )
 
 

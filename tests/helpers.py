@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from broker import BusSettings, Mirror, MosquittoBroker, nodes_from
+from edgecollab.cloud_standin import CLOUD_MODEL
+from gateway.config import GatewayConfig
 
 
 def settings(broker: MosquittoBroker, **overrides: object) -> BusSettings:
@@ -71,3 +74,27 @@ async def running_node(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def gateway_config(
+    broker: MosquittoBroker, tmp_path: Path, prefix: str, cloud_url: str | None = None, **extra: Any
+) -> GatewayConfig:
+    """A test gateway on ``broker`` serving capability ``prefix``, with an SQLite ledger in
+    ``tmp_path`` and the cloud stand-in at ``cloud_url`` (``None``: no cloud)."""
+    return GatewayConfig.model_validate(
+        {
+            "gateway_id": f"{prefix}-gw",
+            "bus": settings(broker).model_dump(),
+            "http_port": 0,
+            "capability": prefix,
+            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+            "cloud": {
+                "base_url": cloud_url or "http://127.0.0.1:9/v1",
+                "model": CLOUD_MODEL,
+                "enabled": cloud_url is not None,
+                "timeout_s": 60,
+            },
+            "edge_timeout_s": 30,
+            **extra,
+        }
+    )

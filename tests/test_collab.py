@@ -33,28 +33,16 @@ from broker import (
 from broker.topics import capability_request_topic
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from gateway.collab import CollabRunner
-from gateway.config import GatewayConfig
 from gateway.planner import Plan, Subtask, choose_template, make_plan
 from gateway.service import RunningGateway, running_gateway
-from tests.helpers import eventually, is_online, running_node, settings
+from tests.helpers import eventually, gateway_config, is_online, running_node, settings
 
 INGRESS_TOPIC = capability_request_topic("query")  # the gateways' shared MQTT ingress
 
 
 @contextlib.asynccontextmanager
 async def gateway(broker: MosquittoBroker, tmp_path: Path, prefix: str) -> AsyncIterator[Any]:
-    config = GatewayConfig.model_validate(
-        {
-            "gateway_id": f"{prefix}-gw",
-            "bus": settings(broker).model_dump(),
-            "http_port": 0,
-            "capability": prefix,
-            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
-            "cloud": {"enabled": False},
-            "cache_enabled": False,
-            "edge_timeout_s": 30,
-        }
-    )
+    config = gateway_config(broker, tmp_path, prefix, cache_enabled=False)
     async with running_gateway(config) as gw:
         yield gw
 

@@ -34,13 +34,11 @@ from broker import (
     encode,
 )
 from broker.topics import cms_key, data_topic, node_key
-from edgecollab.cloud_standin import CLOUD_MODEL
-from gateway.config import GatewayConfig
 from gateway.data_streams import StreamTable
 from gateway.ledger import Ledger, LedgerEntry
 from gateway.service import running_gateway
 from gateway.traffic import Traffic
-from tests.helpers import eventually, running_node, settings
+from tests.helpers import eventually, gateway_config, running_node, settings
 from wearables import SensorAgent, SensorConfig
 
 BROWSER_ARGS = [
@@ -182,24 +180,7 @@ async def test_a_ledger_made_before_the_dashboard_gets_its_time_index(tmp_path):
 async def gateway(
     broker: MosquittoBroker, tmp_path: Path, prefix: str, cloud_url: str | None, **extra: Any
 ) -> AsyncIterator[tuple[str, Any]]:
-    config = GatewayConfig.model_validate(
-        {
-            "gateway_id": f"{prefix}-gw",
-            "bus": settings(broker).model_dump(),
-            "http_port": 0,
-            "capability": prefix,
-            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
-            "cloud": {
-                "base_url": cloud_url or "http://127.0.0.1:9/v1",
-                "model": CLOUD_MODEL,
-                "enabled": cloud_url is not None,
-                "timeout_s": 60,
-            },
-            "edge_timeout_s": 30,
-            "cache_enabled": False,
-            **extra,
-        }
-    )
+    config = gateway_config(broker, tmp_path, prefix, cloud_url, cache_enabled=False, **extra)
     async with running_gateway(config) as gw:
         yield f"http://127.0.0.1:{gw.port}", gw
 

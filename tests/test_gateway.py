@@ -18,10 +18,9 @@ from broker import BusClient, Chat, Cms, MosquittoBroker, RpcClient
 from broker.topics import cms_key
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from edgecollab.cloud_standin import CLOUD_MODEL
-from gateway.config import GatewayConfig
 from gateway.ledger import Ledger
 from gateway.service import running_gateway
-from tests.helpers import eventually, running_node, settings
+from tests.helpers import eventually, gateway_config, running_node, settings
 
 QUESTION: list[Any] = [
     {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
@@ -38,23 +37,7 @@ async def gateway(
     expect_nodes: bool = True,
     **extra: Any,
 ) -> AsyncIterator[tuple[str, Any]]:
-    config = GatewayConfig.model_validate(
-        {
-            "gateway_id": f"{prefix}-gw",
-            "bus": settings(broker).model_dump(),
-            "http_port": 0,
-            "capability": prefix,
-            "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
-            "cloud": {
-                "base_url": cloud_url or "http://127.0.0.1:9/v1",
-                "model": CLOUD_MODEL,
-                "enabled": cloud_url is not None,
-                "timeout_s": 60,
-            },
-            "edge_timeout_s": 30,
-            **extra,
-        }
-    )
+    config = gateway_config(broker, tmp_path, prefix, cloud_url, **extra)
     async with running_gateway(config) as gw:
         await eventually(
             lambda: gw.orchestrator.router.order(10, 10, "general") != [] or not expect_nodes,
