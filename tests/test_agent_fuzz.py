@@ -4,11 +4,12 @@ Hypothesis draws random bytes, mutated valid envelopes, random envelope-shaped m
 and random chat requests, with random content types and expiries, and publishes
 them to a running edge node (simulated engine) and a running gateway:
 
-- request topics (the node's directed topic and capability pool, the gateway's
-  MQTT ingress): every message with a response topic gets exactly one final
+- request topics (the node's directed topic, capability pool and knowledge
+  queries, the gateway's MQTT ingress): every message with a response topic gets exactly one final
   reply (an ``error`` for anything malformed) within a few seconds;
-- topics without a response topic (the node's live parameters and own state, the
-  gateway's CMS mirror, both agents' reply and CMS-barrier topics): nothing
+- topics without a response topic (the node's live parameters, own state and
+  followed data streams and events, the gateway's CMS mirror and dashboard data
+  follower, both agents' reply and CMS-barrier topics): nothing
   crashes; afterwards both agents still answer a valid request.
 
 The agents run on an event loop in a background thread, so that hypothesis's
@@ -47,7 +48,12 @@ from broker import (
     encode,
     publish_properties,
 )
-from broker.topics import capability_request_topic, node_request_topic, reply_topic
+from broker.topics import (
+    capability_request_topic,
+    knowledge_query_topic,
+    node_request_topic,
+    reply_topic,
+)
 from broker.transport import PublishRefused
 from edge_node.engines.simulated import SimulatedEngine, SimulatedEngineConfig
 from gateway.config import GatewayConfig
@@ -144,7 +150,15 @@ async def _agents(stack: Stack, broker: MosquittoBroker, tmp: Path) -> AsyncIter
         }
     )
     async with (
-        running_node(broker, engine, stack.node_id, capabilities=[stack.prefix]) as node,
+        running_node(
+            broker,
+            engine,
+            stack.node_id,
+            capabilities=[stack.prefix],
+            expertise=["health"],  # serves knowledge/health/query from its knowledge base
+            knowledge={"documents": ["health"]},
+            data={"topics": [f"data/{stack.prefix}/#"]},
+        ) as node,
         running_gateway(config) as gw,
         BusClient(bus_settings(broker), f"{stack.prefix}-fuzzer") as client,
         RpcClient(client) as rpc,
@@ -189,6 +203,7 @@ def _request_topics(s: Stack) -> list[str]:
         node_request_topic(s.node_id),
         capability_request_topic(s.prefix),  # the node's pool ($share/{cap}/...)
         "computation/query/request",  # the gateway's MQTT ingress
+        knowledge_query_topic("health"),  # the node as an expert ($share/knowledge/...)
     ]
 
 
@@ -202,12 +217,14 @@ def _silent_topics(s: Stack) -> list[str]:
         reply_topic(s.gateway_id, "rpc"),  # gateway: replies from nodes
         reply_topic(s.gateway_id, "cms-sync"),
         reply_topic(s.node_id, "cms-sync"),
+        f"data/{s.prefix}/crowd/{s.prefix}-cam",  # node's data follower, gateway's streams
+        f"data/{s.prefix}/events/{s.prefix}-cam",
     ]
 
 
 @FUZZ
 @given(
-    which=st.integers(0, 2),
+    which=st.integers(0, 3),
     payload=payloads,
     content_type=CONTENT_TYPES,
     expiry=st.none() | st.sampled_from([2, 30, 3600]),
@@ -231,7 +248,7 @@ def test_request_topics_answer_everything_once(
 
 @FUZZ
 @given(
-    which=st.integers(0, 7),
+    which=st.integers(0, 9),
     payload=payloads,
     content_type=CONTENT_TYPES,
     retain=st.booleans(),
@@ -261,6 +278,8 @@ def test_agents_alive_after_fuzzing_and_oversized_refused(stack: Stack) -> None:
         assert got.node == stack.node_id
         via_gateway = await stack.rpc.call("computation/query/request", question, timeout=20)
         assert via_gateway.text
+        expert = await stack.rpc.call(knowledge_query_topic("health"), question, timeout=20)
+        assert expert.meta["knowledge"]["role"] == "expert"
         with pytest.raises(PublishRefused) as refused:
             await stack.client.publish(
                 node_request_topic(stack.node_id), b"x" * (MAX_PAYLOAD_BYTES + 1), qos=1
