@@ -31,6 +31,7 @@ from broker.mqtt5 import Props, Publish
 from broker.settings import BusSettings
 from broker.topics import validate_id
 from broker.transport import Link, PublishRefused
+from broker.waits import within
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class BusClient:
         if self._connected.is_set():
             for hook in reversed(self._close_hooks):
                 try:
-                    await asyncio.wait_for(hook(), timeout=2.0)
+                    await within(hook(), 2.0)
                 except Exception:
                     logger.exception("close hook failed")
         for task in list(self._handler_tasks):
@@ -215,7 +216,7 @@ class BusClient:
         if self._supervisor is None:
             raise NotConnected("the client is not started (use 'async with')")
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await within(self._connected.wait(), timeout)
         except TimeoutError:
             where = f"{self.settings.host}:{self.settings.port}"
             detail = f": {self._last_error}" if self._last_error else ""

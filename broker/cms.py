@@ -29,6 +29,7 @@ from broker.codec import CBOR, decode, encode
 from broker.errors import CodecError
 from broker.messages import Entry, WireMessage
 from broker.topics import reply_topic, validate_cms_key, validate_cms_prefix
+from broker.waits import within
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Cms:
         self._barriers[token] = done
         try:
             await self.bus.publish(self._barrier_topic, token, qos=1, timeout=timeout)
-            await asyncio.wait_for(done, timeout)
+            await within(done, timeout)
         finally:
             del self._barriers[token]
 

@@ -41,6 +41,7 @@ from broker.topics import (
     node_key,
     node_request_topic,
 )
+from broker.waits import cancel_and_wait, wait_event
 from edge_node.admission import Admission, Ticket
 from edge_node.config import NodeConfig
 from edge_node.cooperation import Cooperation, open_cooperation
@@ -114,9 +115,7 @@ class NodeAgent:
                         await self._drain(subs)
                         await self._publish_metrics_once(cms)
                     finally:
-                        for task in background:
-                            task.cancel()
-                        await asyncio.gather(*background, return_exceptions=True)
+                        await cancel_and_wait(background)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -343,8 +342,8 @@ class NodeAgent:
         key = node_key(self.config.node_id, "load")
         refresh = self.config.load_expiry_s / 3
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._load_changed.wait(), refresh)
+            # not asyncio.wait_for: on 3.11 it can swallow the stop's cancel (broker.waits)
+            await wait_event(self._load_changed, refresh)
             self._load_changed.clear()
             record = load_record(self.admission, self.metrics, self.draining)
             with contextlib.suppress(Exception):

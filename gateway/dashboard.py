@@ -29,6 +29,7 @@ from typing import Any, Self, TypedDict
 
 from broker import BusClient, Mirror, nodes_from
 from broker.topics import node_key
+from broker.waits import wait_event, within
 from gateway.data_streams import DataFollower, EventRow, StreamRow
 from gateway.ledger import Ledger, LedgerError
 from gateway.nodes import NodeDirectory
@@ -264,9 +265,7 @@ class Dashboard:
                 idle = False
                 async with self._changed:  # never yield while holding its lock
                     try:
-                        await asyncio.wait_for(
-                            self._changed.wait_for(self._moved(seen)), heartbeat_s
-                        )
+                        await within(self._changed.wait_for(self._moved(seen)), heartbeat_s)
                     except TimeoutError:
                         idle = True
                 if idle:
@@ -298,8 +297,7 @@ class Dashboard:
     async def _refresh(self) -> None:
         while True:
             await self._watched.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.ledger_poll_s)
+            await wait_event(self._dirty, self.ledger_poll_s)  # lets a cancel through
             self._dirty.clear()
             try:
                 await self._rebuild()
