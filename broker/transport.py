@@ -133,7 +133,8 @@ class Link(asyncio.Protocol):
             self._write(mqtt5.DISCONNECT_PACKET)
             self._transport.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see broker/waits.py
+                    await asyncio.shield(self.closed)
         self.abort()
 
     def abort(self, reason: str = "aborted") -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from broker.waits import within
 from gateway.cache import CachedAnswer, SemanticCache, cache_key, scope_key
 from gateway.classifier import DomainClassifier, gap_likely
 from gateway.encoder import SentenceEncoder
@@ -75,7 +76,7 @@ class PolicyRouter:
         self._held[key] = (shape, placed)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(placed), hold)
+                await within(asyncio.shield(placed), hold)
         finally:
             self._held.pop(key, None)
         if not placed.done():

@@ -37,6 +37,7 @@ import numpy as np
 from broker import BusClient, BusError, Cms, Embedding, Event, SampleMeta, encode
 from broker.data import EVENTS_STREAM
 from broker.topics import cms_key, data_topic
+from broker.waits import wait_event
 from wearables.config import SensorConfig, StreamConfig
 from wearables.detectors import Detection, Detector, build_detector
 from wearables.encoders import Encoder, build_encoder
@@ -256,8 +257,7 @@ class SensorAgent:
         cms = Cms(self.bus)
         key = cms_key("metrics", self.config.agent_id, "sensor")
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.stats_interval_s)
+            await wait_event(stop, self.config.stats_interval_s)
             stats = self.stats
             logger.info("%s: %s", self.config.agent_id, stats)
             try:
@@ -280,8 +280,7 @@ class SensorAgent:
             lag = loop.time() - due
             if lag > MAX_LAG_S:
                 due = loop.time()  # behind: skip ahead instead of bursting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, due - loop.time()))
+            await wait_event(stop, max(0.0, due - loop.time()))
 
     async def _publish_window(self, s: _Stream, window: Window) -> None:
         started = time.perf_counter()
