@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from benchmarks import litellm_router
-from benchmarks.allocation_sim import MAX_ATTEMPTS, MIX, PolicyResult, simulate
+from benchmarks.allocation_sim import MAX_ATTEMPTS, MIX, PolicyResult, print_table, simulate
 from benchmarks.trace import describe, make_trace
 from broker import BusSettings, MosquittoBroker
 
@@ -262,11 +262,7 @@ def _table(out: dict[str, Any], results: dict[str, PolicyResult], file: TextIO) 
     )
     print(f"attempts: {out['attempts_rule']}")
     print(f"LiteLLM exercised: {out['litellm']}")
-    cols = list(PolicyResult.__annotations__)
-    print(f"{'policy':<21}" + "".join(f"{c:>16}" for c in cols))
-    for name, result in results.items():
-        row: dict[str, object] = dict(result)
-        print(f"{name:<21}" + "".join(f"{row[c]!s:>16}" for c in cols))
+    print_table(results, file)
     if "agreement" in out:
         a: dict[str, Any] = out["agreement"]
         print(

@@ -48,8 +48,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from typing import TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO, TypedDict
 
 from benchmarks.litellm_router import Held
 from benchmarks.sim_node import BUDGET, MAX_TOKENS, MIX, STALENESS_S, SimNode, make_nodes
@@ -250,6 +250,15 @@ def simulate(
     }
 
 
+def print_table(results: Mapping[str, PolicyResult], file: TextIO | None = None) -> None:
+    """One row per method, one column per :class:`PolicyResult` field."""
+    cols = list(PolicyResult.__annotations__)
+    print(f"{'policy':<21}" + "".join(f"{c:>16}" for c in cols), file=file)
+    for name, result in results.items():
+        row: dict[str, object] = dict(result)
+        print(f"{name:<21}" + "".join(f"{row[c]!s:>16}" for c in cols), file=file)
+
+
 def _ratio(policies: dict[str, PolicyResult], a: str, b: str) -> float | None:
     if a not in policies or b not in policies or policies[b]["cloud_cost_usd"] == 0:
         return None
@@ -323,11 +332,7 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     print(f"{mix}; {len(trace)} requests, seed {args.seed}")
-    cols = list(PolicyResult.__annotations__)
-    print(f"{'policy':<21}" + "".join(f"{c:>16}" for c in cols))
-    for name, result in results.items():
-        row: dict[str, object] = dict(result)
-        print(f"{name:<21}" + "".join(f"{row[c]!s:>16}" for c in cols))
+    print_table(results)
     for label, value in ratios.items():
         print(f"cloud cost {label}: {value}")
 
@@ -345,6 +350,7 @@ __all__ = [
     "SimNode",
     "make_nodes",
     "percentile_ms",
+    "print_table",
     "simulate",
 ]
 
