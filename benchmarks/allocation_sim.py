@@ -23,11 +23,11 @@ debounce), and the gateway adds its own reservations made since the last publish
 (releasing one when its answer comes). The gateway tries up to
 :data:`MAX_ATTEMPTS` candidates (1: the paper's rule); a refusal costs
 :data:`REFUSAL_S` (2 ms). A request every tried node refused goes to the cloud,
-priced at GPT-4 (``gateway.pricing``) for prompt and completion tokens. A policy
-with ``hold_s`` (``cost_aware``) holds a request that fits nowhere, as
-``gateway.routing.PolicyRouter`` does: held requests are placed, smallest
-``max_tokens`` first, after each completion or load record, on the first ordered
-node whose view fits; at the end of its hold a request goes to the cloud. The
+priced at GPT-4 (``gateway.pricing``) for prompt and completion tokens. A holding
+policy (``cost_aware``) holds a request that fits nowhere, as
+``gateway.routing.PolicyRouter`` does: after each completion or load record the
+policy's ``place_held`` places held requests on nodes whose view fits; at the end
+of its hold a request goes to the cloud. The
 ``litellm_*`` methods are LiteLLM's Router (``benchmarks.litellm_router``) on the
 model's clock. ``overhead_s`` keeps a slot held that long after its stream ends
 (the system's measured round trip, for the agreement check).
@@ -56,7 +56,14 @@ from benchmarks.sim_node import BUDGET, MAX_TOKENS, MIX, STALENESS_S, SimNode, m
 from benchmarks.trace import BASE_RPS, Req, describe, make_trace
 from edge_node.profiles import get_profile
 from gateway.nodes import NodeView
-from gateway.policies import DEFAULT_LIMIT, POLICIES, RequestShape, make_policy
+from gateway.policies import (
+    DEFAULT_LIMIT,
+    POLICIES,
+    HeldRequest,
+    HoldingPolicy,
+    RequestShape,
+    make_policy,
+)
 from gateway.pricing import PriceTable
 
 MAX_ATTEMPTS = 1  # the paper's rule: the chosen node cannot take it -> the cloud
@@ -83,6 +90,10 @@ def percentile_ms(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 1)
 
 
+def _shape(req: Req) -> RequestShape:
+    return RequestShape(req.prompt_tokens, req.tokens)
+
+
 class _Native:
     """A gateway policy: order, and (cost_aware) how long to hold a request."""
 
@@ -90,17 +101,22 @@ class _Native:
         self.policy, self.rng = make_policy(name), random.Random(seed)
 
     def order(self, req: Req, views: list[NodeView]) -> list[str]:
-        shape = RequestShape(req.prompt_tokens, req.tokens)
-        order = self.policy.order(shape, views, self.rng, limit=DEFAULT_LIMIT)
+        order = self.policy.order(_shape(req), views, self.rng, limit=DEFAULT_LIMIT)
         return [v.node_id for v in order]
 
     def hold(self, req: Req, views: list[NodeView]) -> float:
-        hold_s = getattr(self.policy, "hold_s", None)
-        return (
-            0.0
-            if hold_s is None
-            else float(hold_s(RequestShape(req.prompt_tokens, req.tokens), views))
-        )
+        if not isinstance(self.policy, HoldingPolicy):
+            return 0.0
+        return float(self.policy.hold_s(_shape(req), views))
+
+    def place_held(
+        self, held: Sequence[tuple[int, Req, float]], views: list[NodeView]
+    ) -> list[tuple[int, str]]:
+        """(key, node id) for the held ``(key, request, waited s)`` placed now."""
+        if not isinstance(self.policy, HoldingPolicy):
+            return []
+        waiting = [HeldRequest(key, _shape(req), waited) for key, req, waited in held]
+        return [(h.key, v.node_id) for h, v in self.policy.place_held(waiting, views, self.rng)]
 
     def sent(self, node_id: str, req: Req) -> object:
         return None
@@ -143,8 +159,13 @@ def simulate(
     attempts: int = MAX_ATTEMPTS,
     overhead_s: float = 0.0,
     check: bool = False,
+    records: list[tuple[int, str, float]] | None = None,
 ) -> PolicyResult:
-    """Run ``trace`` through the cluster with one policy; ``check`` asserts every event."""
+    """Run ``trace`` through the cluster with one policy; ``check`` asserts every event.
+
+    ``records``, when given, receives one ``(max_tokens, route, latency s)`` per request
+    (route ``edge`` or ``cloud``), in completion order.
+    """
     prices = PriceTable()
     random.seed(seed)  # LiteLLM's strategies draw from the global random module
     nodes = make_nodes(mix, budget, staleness_s, overhead_s)
@@ -159,7 +180,7 @@ def simulate(
     processed = rejected = redirects = 0
     cost = 0.0
     started: dict[int, tuple[float, int, object]] = {}  # serial -> (arrival, refusals, held)
-    waiting: list[tuple[int, float]] = []  # (trace index, hold deadline), in arrival order
+    waiting: dict[int, float] = {}  # trace index -> hold deadline, in arrival order
 
     def cloud(i: int, now: float, refusals: int) -> None:
         nonlocal redirects, cost
@@ -168,22 +189,13 @@ def simulate(
         cost += prices.cost(CLOUD_MODEL, req.prompt_tokens, req.tokens)
         wait = now - req.t
         latencies.append(wait + refusals * REFUSAL_S + CLOUD_BASE_S + req.tokens / CLOUD_TPS)
+        if records is not None:
+            records.append((req.tokens, "cloud", latencies[-1]))
 
-    def place(i: int, now: float, *, first: bool) -> bool:
-        """Try the policy's nodes; False when the request should wait (or go to the cloud)."""
+    def send(i: int, now: float, order: Sequence[str]) -> None:
+        """Try the ordered nodes (at most ``attempts``), then the cloud."""
         nonlocal rejected
         req = trace[i]
-        views = [n.view() for n in nodes]
-        hold = chooser.hold(req, views) if first else 0.0
-        if first and hold > 0:
-            waiting.append((i, now + hold))
-            return True
-        order = chooser.order(req, views)
-        if not first:  # a held request goes only where the view says it fits
-            fits = {v.node_id for v in views if v.fits(req.prompt_tokens + req.tokens, req.tokens)}
-            order = [n for n in order if n in fits]
-            if not order:
-                return False
         refusals = 0
         for node_id in order[:attempts]:
             held = chooser.sent(node_id, req)
@@ -195,18 +207,26 @@ def simulate(
         else:
             cloud(i, now, refusals)
         rejected += refusals
-        return True
+
+    def arrive(i: int, now: float) -> None:
+        views = [n.view() for n in nodes]
+        hold = chooser.hold(trace[i], views)
+        if hold > 0:
+            waiting[i] = now + hold
+        else:
+            send(i, now, chooser.order(trace[i], views))
 
     def retry_waiting(now: float) -> None:
-        keep = []
-        # the most expensive request first: it saves the most cloud cost (cost is per token)
-        waiting.sort(key=lambda w: (trace[w[0]].tokens, w[0]))
-        for i, deadline in waiting:
-            if deadline <= now:
-                cloud(i, now, 0)
-            elif not place(i, now, first=False):
-                keep.append((i, deadline))
-        waiting[:] = keep
+        for i in [i for i, deadline in waiting.items() if deadline <= now]:
+            del waiting[i]
+            cloud(i, now, 0)
+        if not waiting:
+            return
+        views = [n.view() for n in nodes]
+        held = [(i, trace[i], now - trace[i].t) for i in waiting]
+        for i, node_id in chooser.place_held(held, views):
+            del waiting[i]
+            send(i, now, [node_id])  # where the view says it fits; a refusal -> the cloud
 
     i = 0
     while True:
@@ -214,7 +234,7 @@ def simulate(
         done = min(nodes, key=SimNode.next_completion)
         publish = min(nodes, key=lambda n: n.publish_at)
         t_done, t_pub = done.next_completion(), publish.publish_at
-        t_hold = min((d for _, d in waiting), default=math.inf)
+        t_hold = min(waiting.values(), default=math.inf)
         now = min(arrival, t_done, t_pub, t_hold)
         if now == math.inf:
             break
@@ -226,6 +246,8 @@ def simulate(
                 req = trace[serial]
                 chooser.ended(held, req.prompt_tokens + req.tokens)
                 latencies.append(now - t0 + refusals * REFUSAL_S)
+                if records is not None:
+                    records.append((req.tokens, "edge", latencies[-1]))
                 processed += 1
                 retry_waiting(now)
         elif t_pub == now:
@@ -234,7 +256,7 @@ def simulate(
         elif t_hold == now:
             retry_waiting(now)
         else:
-            place(i, now, first=True)
+            arrive(i, now)
             i += 1
         if check:
             for n in nodes:

@@ -9,8 +9,8 @@ replayed at ``speedup`` times real time.
 
 Every clock of the system is compressed by the same factor: the engines' rates,
 the nodes' load debounce (``load_interval_s = 0.2 / speedup``), the gateway's
-nominal node rates and cost_aware's cloud model (the gateway works in wall time),
-the cloud stand-in's latency and LiteLLM's minute windows. What cannot be
+nominal node rates, cost_aware's cloud model and latency objective (the gateway
+works in wall time), the cloud stand-in's latency and LiteLLM's minute windows. What cannot be
 compressed is the system's own overhead (MQTT round trips, Python): a 1 ms round
 trip counts as ``speedup`` ms of simulated time, so latencies here are a little
 higher than the model's.
@@ -225,7 +225,9 @@ async def run_policy(
             else:
                 policy = (
                     CostAwarePolicy(
-                        cloud_base_s=CLOUD_BASE_S / speedup, cloud_tps=CLOUD_TPS * speedup
+                        cloud_base_s=CLOUD_BASE_S / speedup,
+                        cloud_tps=CLOUD_TPS * speedup,
+                        target_s=CostAwarePolicy().target_s / speedup,
                     )
                     if name == CostAwarePolicy.name
                     else make_policy(name)

@@ -39,20 +39,30 @@ limits are honoured; beyond that:
      same lagging CMS, from all sending their next request to the same best node
      (the gateway's own reservations already prevent that within one gateway).
 
-- ``cost_aware`` (ours, for the allocation study): fit_first's order, and when no
-  node can take a request now it is *held* at the gateway instead of being sent to
-  the cloud at once, for as long as waiting for a slot still beats the cloud on
-  expected latency: ``hold = cloud_s - edge_s``, with ``cloud_s = cloud_base_s +
-  max_tokens / cloud_tps`` and ``edge_s`` the request's time on the best node that
-  could take it with every slot busy (``max_tokens * slots / capacity_tps``). The
-  edge refuses rather than queues, so without a hold every request that meets a
-  full cluster during a surge pays GPT-4 prices, although a slot frees every few
-  hundred milliseconds; a hold turns that loss into a short wait. Cost is per
-  token and the hold grows with ``max_tokens``, so the expensive requests wait
-  longest and the cheap ones go to the cloud first when the wait is long. A held
-  request that still fits nowhere when its hold ends goes to the cloud without a
-  refused attempt. :meth:`CostAwarePolicy.hold_s` says how long; the gateway's
-  router waits on the node directory (``gateway.routing.PolicyRouter``).
+- ``cost_aware`` (ours, for the allocation study): fit_first's order, and a request
+  that fits nowhere now is *held* at the gateway instead of going to the cloud at
+  once. Nodes refuse rather than queue, so without a hold every request that meets a
+  full cluster during a surge pays GPT-4 prices although a slot frees every few
+  hundred milliseconds. The hold is set by a latency objective ``target_s`` (default
+  5.5 s), with ``cloud_s = cloud_base_s + max_tokens / cloud_tps``:
+
+  1. a request the cloud can answer within the objective (``cloud_s < target_s``) is
+     held ``target_s - cloud_s``: if no slot frees for it, the cloud still answers
+     in time;
+  2. a request the cloud cannot answer in time misses the objective whichever way it
+     goes, so it may wait longer for the edge, where it costs nothing: up to
+     ``patience x cloud_s`` (default 2, so at worst ``3 x cloud_s`` in all). These
+     are the large requests, the ones that cost the most in the cloud.
+
+  Freed capacity goes to held requests in two passes (:meth:`CostAwarePolicy.place_held`):
+  first, largest first, to those that still meet the objective on a node that fits
+  (waited + expected completion <= ``target_s``), so a slot on a fast node serves a
+  large request in time rather than a small one that would be as quick in the cloud;
+  then, smallest first, to the rest on any node that fits (per second of slot time a
+  small request saves the most cloud money: its prompt is billed too). A held request
+  that fits nowhere when its hold ends goes to the cloud without a refused attempt.
+  :meth:`CostAwarePolicy.hold_s` says how long; the gateway's router waits on the
+  node directory (``gateway.routing.PolicyRouter``).
 
 ``limit`` bounds how many nodes a policy returns (default :data:`DEFAULT_LIMIT`:
 twice the orchestrator's default of four attempts); ``None`` orders every node.
@@ -63,13 +73,12 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
-from typing import ClassVar, Protocol, TypedDict
+from typing import ClassVar, Protocol, TypedDict, runtime_checkable
 
 from gateway.nodes import NodeView
 
@@ -258,8 +267,28 @@ class FitFirstPolicy:
         return [*fit, *later][:limit]
 
 
+@dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """A request the gateway holds for a slot: its key, its shape, seconds waited so far."""
+
+    key: int
+    shape: RequestShape
+    waited_s: float
+
+
+@runtime_checkable
+class HoldingPolicy(Policy, Protocol):
+    """A policy that may hold a request that fits nowhere (``cost_aware``)."""
+
+    def hold_s(self, request: RequestShape, candidates: Sequence[NodeView]) -> float: ...
+
+    def place_held(
+        self, held: Sequence[HeldRequest], candidates: Sequence[NodeView], rng: random.Random
+    ) -> list[tuple[HeldRequest, NodeView]]: ...
+
+
 class CostAwarePolicy(FitFirstPolicy):
-    """fit_first's order; hold a request that fits nowhere while waiting beats the cloud."""
+    """fit_first's order; hold a request that fits nowhere, by a latency objective."""
 
     name: ClassVar[str] = "cost_aware"
 
@@ -268,27 +297,78 @@ class CostAwarePolicy(FitFirstPolicy):
         *,
         cloud_base_s: float = 0.8,
         cloud_tps: float = 50.0,
+        target_s: float = 5.5,
+        patience: float = 2.0,
         scan_limit: int = 64,
         choices: int = 2,
     ) -> None:
         super().__init__(scan_limit=scan_limit, choices=choices)
         if cloud_base_s < 0 or cloud_tps <= 0:
             raise ValueError("cloud_base_s must be >= 0 and cloud_tps > 0")
+        if target_s <= 0 or patience < 0:
+            raise ValueError("target_s must be > 0 and patience >= 0")
         self.cloud_base_s = cloud_base_s
         self.cloud_tps = cloud_tps
+        self.target_s = target_s
+        self.patience = patience
+
+    def cloud_s(self, max_tokens: int) -> float:
+        """Expected seconds for the cloud to answer ``max_tokens``."""
+        return self.cloud_base_s + max_tokens / self.cloud_tps
 
     def hold_s(self, request: RequestShape, candidates: Sequence[NodeView]) -> float:
         """Seconds the gateway may wait for a slot (0 when a node fits or none ever will)."""
         tokens, max_tokens = request.tokens, request.max_tokens
-        edge = math.inf
+        able = False
         for v in candidates:
             if v.fits(tokens, max_tokens):
                 return 0.0
-            if v.can_take(tokens, max_tokens):
-                edge = min(edge, max_tokens * v.slots / v.capacity_tps)
-        if edge == math.inf:
+            able = able or v.can_take(tokens, max_tokens)
+        if not able:
             return 0.0
-        return max(0.0, self.cloud_base_s + max_tokens / self.cloud_tps - edge)
+        cloud = self.cloud_s(max_tokens)
+        if cloud < self.target_s:
+            return self.target_s - cloud
+        return self.patience * cloud
+
+    def place_held(
+        self, held: Sequence[HeldRequest], candidates: Sequence[NodeView], rng: random.Random
+    ) -> list[tuple[HeldRequest, NodeView]]:
+        """Which held requests go where now, in the two passes of the module docstring.
+
+        Each placement counts in the views of the next (a slot and the tokens), as the
+        directory's reservation will.
+        """
+        views = {v.node_id: v for v in candidates}
+        placed: list[tuple[HeldRequest, NodeView]] = []
+
+        def take(h: HeldRequest, in_time: bool) -> bool:
+            tokens, max_tokens = h.shape.tokens, h.shape.max_tokens
+            done = _completion(tokens)
+            for v in self.order(h.shape, list(views.values()), rng):
+                if not v.fits(tokens, max_tokens):
+                    break  # fitting nodes come first
+                if in_time and h.waited_s + done(v) > self.target_s:
+                    continue
+                placed.append((h, v))
+                views[v.node_id] = replace(
+                    v, in_flight=v.in_flight + 1, tokens_in_flight=v.tokens_in_flight + tokens
+                )
+                return True
+            return False
+
+        def any_free() -> bool:
+            return any(v.free_slots > 0 for v in views.values())
+
+        rest: list[HeldRequest] = []
+        for h in sorted(held, key=lambda h: (-h.shape.max_tokens, h.key)):
+            if not (any_free() and take(h, in_time=True)):
+                rest.append(h)
+        for h in sorted(rest, key=lambda h: (h.shape.max_tokens, h.key)):
+            if not any_free():
+                break
+            take(h, in_time=False)
+        return placed
 
 
 def _completion(tokens: int) -> Callable[[NodeView], float]:
@@ -363,6 +443,8 @@ __all__ = [
     "CostAwarePolicy",
     "DecisionTiming",
     "FitFirstPolicy",
+    "HeldRequest",
+    "HoldingPolicy",
     "LoadAwarePolicy",
     "Policy",
     "RandomPolicy",

@@ -12,7 +12,9 @@ import contextlib
 import itertools
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +27,31 @@ from gateway.classifier import DomainClassifier, gap_likely
 from gateway.encoder import SentenceEncoder
 from gateway.nodes import NodeDirectory, NodeView, Reservation
 from gateway.orchestrator import Answer, Query
-from gateway.policies import Policy, RequestShape, make_policy
+from gateway.policies import HeldRequest, HoldingPolicy, Policy, RequestShape, make_policy
 
 CLASSIFIER = Path(__file__).resolve().parent / "data" / "classifier.npz"
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMBT]?)", re.IGNORECASE)
 _SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A request waiting in :meth:`PolicyRouter.order_when_fit`."""
+
+    shape: RequestShape
+    since: float  # time.monotonic() when the hold began
+    placed: asyncio.Future[tuple[NodeView, Reservation]]
+
+
 class PolicyRouter:
     """Candidates from the CMS, ordered by the configured policy.
 
-    A policy with ``hold_s`` (``cost_aware``) may have a request that fits nowhere
-    wait here (:meth:`order_when_fit`) instead of going to the cloud: held requests
-    are placed, smallest ``max_tokens`` first (the most cloud cost saved per slot
-    second), whenever the directory's views change, on the first node the policy
-    orders that fits; the slot is reserved at once and handed to the waiting task's
-    :meth:`reserve`. ``policy`` is a name, or a configured policy object.
+    A holding policy (``cost_aware``, :class:`gateway.policies.HoldingPolicy`) may have
+    a request that fits nowhere wait here (:meth:`order_when_fit`) instead of going to
+    the cloud: whenever the directory's views change, the policy's ``place_held``
+    says which held requests go to which nodes that fit; each slot is reserved at
+    once and handed to the waiting task's :meth:`reserve`. ``policy`` is a name, or a
+    configured policy object.
     """
 
     def __init__(self, directory: NodeDirectory, policy: str | Policy, capability: str) -> None:
@@ -49,12 +60,12 @@ class PolicyRouter:
         self.policy_name = self.policy.name
         self.capability = capability
         self.rng = random.Random()
-        self._held: dict[int, tuple[RequestShape, asyncio.Future[tuple[NodeView, Reservation]]]]
-        self._held = {}
+        self._holding = self.policy if isinstance(self.policy, HoldingPolicy) else None
+        self._held: dict[int, _Held] = {}
         self._serial = itertools.count()
         self._handoff: dict[asyncio.Task[Any] | None, Reservation] = {}
         self._scheduled = False
-        if hasattr(self.policy, "hold_s"):
+        if self._holding is not None:
             directory.add_listener(self._changed)
 
     def order(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[NodeView]:
@@ -65,15 +76,17 @@ class PolicyRouter:
 
     async def order_when_fit(self, prompt_tokens: int, max_tokens: int, domain: str) -> list[Any]:
         """:meth:`order`, or wait up to the policy's hold for a node that fits ([] after)."""
-        hold_s = getattr(self.policy, "hold_s", None)
         shape = RequestShape(prompt_tokens, max_tokens, domain)
-        hold = 0.0 if hold_s is None else hold_s(shape, self.directory.candidates(self.capability))
+        holding = self._holding
+        hold = 0.0
+        if holding is not None:
+            hold = holding.hold_s(shape, self.directory.candidates(self.capability))
         if hold <= 0:
             return self.order(prompt_tokens, max_tokens, domain)
         key = next(self._serial)
         placed: asyncio.Future[tuple[NodeView, Reservation]]
         placed = asyncio.get_running_loop().create_future()
-        self._held[key] = (shape, placed)
+        self._held[key] = _Held(shape, time.monotonic(), placed)
         try:
             with contextlib.suppress(TimeoutError):
                 await within(asyncio.shield(placed), hold)
@@ -92,17 +105,22 @@ class PolicyRouter:
             asyncio.get_running_loop().call_soon(self._place)
 
     def _place(self) -> None:
-        """Give freed capacity to held requests, smallest ``max_tokens`` first."""
+        """Give freed capacity to held requests, as the policy's ``place_held`` says."""
         self._scheduled = False
-        for key in sorted(self._held, key=lambda k: (self._held[k][0].max_tokens, k)):
-            shape, placed = self._held[key]
-            if placed.done():
-                continue
-            candidates = self.directory.candidates(self.capability)
-            for view in self.policy.order(shape, candidates, self.rng):
-                if view.fits(shape.tokens, shape.max_tokens):
-                    placed.set_result((view, self.directory.reserve(view.node_id, shape.tokens)))
-                    break
+        if self._holding is None:
+            return
+        now = time.monotonic()
+        waiting = [
+            HeldRequest(key, h.shape, now - h.since)
+            for key, h in self._held.items()
+            if not h.placed.done()
+        ]
+        if not waiting:
+            return
+        candidates = self.directory.candidates(self.capability)
+        for held, view in self._holding.place_held(waiting, candidates, self.rng):
+            reservation = self.directory.reserve(view.node_id, held.shape.tokens)
+            self._held[held.key].placed.set_result((view, reservation))
 
     def reserve(self, node_id: str, tokens: int) -> Any:
         held = self._handoff.pop(asyncio.current_task(), None)  # made when a hold ended

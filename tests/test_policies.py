@@ -21,6 +21,8 @@ from gateway.policies import (
     POLICIES,
     CostAwarePolicy,
     FitFirstPolicy,
+    HeldRequest,
+    HoldingPolicy,
     LoadAwarePolicy,
     RandomPolicy,
     RequestShape,
@@ -410,26 +412,82 @@ async def test_a_real_node_in_the_directory_then_gone(mosquitto, prefix):
 # --- cost_aware: hold instead of the cloud -------------------------------------------
 
 
-def test_cost_aware_holds_only_when_nothing_fits_and_waiting_beats_the_cloud():
+def test_cost_aware_holds_by_its_latency_objective():
     policy = make_policy("cost_aware")
     assert isinstance(policy, CostAwarePolicy)
+    assert isinstance(policy, HoldingPolicy)
+    assert not isinstance(make_policy("fit_first"), HoldingPolicy)
     free = view("free", slots=2, in_flight=1, capacity_tps=90.0, stream_tps=60.0)
     full = view("full", slots=2, in_flight=2, capacity_tps=90.0, stream_tps=60.0)
     big, small = RequestShape(80, 500), RequestShape(80, 50)
     assert policy.hold_s(big, [free, full]) == 0.0  # a node fits: no hold
-    # cloud 0.8 + 500 / 50 = 10.8 s; edge with both slots busy 500 * 2 / 90 = 11.1 s
-    assert policy.hold_s(big, [full]) == 0.0
-    fast = view("agx", slots=4, in_flight=4, capacity_tps=260.0, stream_tps=130.0)
-    assert policy.hold_s(big, [full, fast]) == pytest.approx(10.8 - 500 * 4 / 260.0)
-    assert policy.hold_s(small, [full, fast]) == pytest.approx(1.8 - 50 * 4 / 260.0)
-    assert policy.hold_s(RequestShape(80, 2000), [fast]) == 0.0  # no node ever takes it
+    assert policy.hold_s(RequestShape(80, 2000), [full]) == 0.0  # no node ever takes it
+    # the cloud answers 50 tokens in 0.8 + 50 / 50 = 1.8 s: held until it would miss 5.5 s
+    assert policy.hold_s(small, [full]) == pytest.approx(5.5 - 1.8)
+    assert policy.hold_s(RequestShape(80, 200), [full]) == pytest.approx(5.5 - 4.8)
+    # 500 tokens take 10.8 s in the cloud: late either way, so it may wait 2 x 10.8 s
+    assert policy.hold_s(big, [full]) == pytest.approx(2 * 10.8)
+    patient = CostAwarePolicy(target_s=8.0, patience=0.5)
+    assert patient.hold_s(RequestShape(80, 300), [full]) == pytest.approx(8.0 - 6.8)
+    assert patient.hold_s(big, [full]) == pytest.approx(0.5 * 10.8)
     # the same order as fit_first
-    nodes = [free, fast, full]
+    nodes = [free, full]
     assert [v.node_id for v in policy.order(big, nodes, random.Random(1))] == [
         v.node_id for v in FitFirstPolicy().order(big, nodes, random.Random(1))
     ]
     with pytest.raises(ValueError, match="cloud_tps"):
         CostAwarePolicy(cloud_tps=0)
+    with pytest.raises(ValueError, match="target_s"):
+        CostAwarePolicy(target_s=0)
+
+
+def agx(free: int, **kw: Any) -> NodeView:
+    return view("agx", slots=4, in_flight=4 - free, capacity_tps=260.0, stream_tps=130.0, **kw)
+
+
+def nano(node_id: str, free: int, **kw: Any) -> NodeView:
+    return view(node_id, slots=2, in_flight=2 - free, capacity_tps=90.0, stream_tps=60.0, **kw)
+
+
+def placements(
+    held: list[HeldRequest], nodes: list[NodeView], policy: CostAwarePolicy | None = None
+) -> dict[int, str]:
+    policy = policy or CostAwarePolicy()
+    return {h.key: v.node_id for h, v in policy.place_held(held, nodes, random.Random(0))}
+
+
+def test_place_held_gives_a_fast_slot_to_the_large_request_that_meets_the_objective():
+    big, small = (
+        HeldRequest(1, RequestShape(80, 500), 0.5),
+        HeldRequest(2, RequestShape(80, 50), 0.5),
+    )
+    nodes = [agx(1, tokens_in_flight=600), nano("nano", 1, tokens_in_flight=200)]
+    # 500 tokens on the AGX: 0.5 + (600 + 580) / 260 = 5.0 s <= 5.5; on the Nano 10.2 s
+    assert placements([small, big], nodes) == {1: "agx", 2: "nano"}
+
+
+def test_place_held_then_serves_the_smallest_first_when_no_one_can_meet_the_objective():
+    big, small = (
+        HeldRequest(1, RequestShape(80, 500), 1.0),
+        HeldRequest(2, RequestShape(80, 50), 1.0),
+    )
+    one_nano = [nano("nano", 1, tokens_in_flight=200)]
+    # the big one would take 1 + 580 / 60 s there: the slot goes to the small one, in time
+    assert placements([big, small], one_nano) == {2: "nano"}
+    late = HeldRequest(3, RequestShape(80, 50), 5.0)  # too late for the objective anyway
+    assert placements([big, late], one_nano) == {3: "nano"}  # smallest first
+    assert placements([big], one_nano) == {1: "nano"}  # late, but the edge costs nothing
+
+
+def test_place_held_counts_each_placement_in_the_next():
+    held = [HeldRequest(k, RequestShape(80, 100), 0.0) for k in range(5)]
+    nodes = [agx(2), nano("n0", 1), nano("n1", 0)]
+    got = placements(held, nodes)
+    assert len(got) == 3  # three free slots
+    assert Counter(got.values()) == {"agx": 2, "n0": 1}
+    assert placements(held, [agx(0), nano("n0", 0)]) == {}
+    budget = [agx(2, max_inflight_tokens=700, tokens_in_flight=400)]  # 300 tokens left
+    assert len(placements(held, budget)) == 1  # the second would pass the token budget
 
 
 class ListDirectory:
@@ -472,30 +530,46 @@ def full_agx(**kw: Any) -> NodeView:
     return view("agx", slots=4, in_flight=4, capacity_tps=2600.0, stream_tps=1300.0, **kw)
 
 
-async def test_policy_router_holds_then_places_smallest_first():
-    directory = ListDirectory([full_agx()])
-    # x10 compressed cloud model: holds of ~0.1-0.3 s
-    router = PolicyRouter(directory, CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0), "c")
+async def test_policy_router_holds_then_places_as_the_policy_says():
+    directory = ListDirectory([full_agx(), nano("nano", 0, tokens_in_flight=260)])
+    # x10 compressed: cloud 0.08 s + tokens / 500, objective 0.55 s; 500 tokens take
+    # 1.08 s in the cloud, more than the objective: held 0.2 x 1.08 s
+    policy = CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0, target_s=0.55, patience=0.2)
+    router = PolicyRouter(directory, policy, "c")
 
     async def held(max_tokens: int) -> tuple[list[NodeView], Reservation]:
         order = await router.order_when_fit(80, max_tokens, "general")
-        return order, router.reserve("agx", 80 + max_tokens)  # as the orchestrator does next
+        node = order[0].node_id if order else "cloud"
+        return order, router.reserve(node, 80 + max_tokens)  # as the orchestrator does next
 
     big = asyncio.create_task(held(500))
     small = asyncio.create_task(held(50))
     await asyncio.sleep(0.02)
     assert not big.done()
     assert not small.done()
-    directory.set("agx", in_flight=3)  # one slot frees
-    await asyncio.sleep(0.01)
-    assert small.done()
-    assert [v.node_id for v in small.result()[0]] == ["agx"]
-    assert not big.done()  # the slot went to the smaller request
+    directory.set("agx", in_flight=3)  # a fast slot frees: the large request meets the
+    await asyncio.sleep(0.01)  # objective there (580 / 1300 s), so it goes first
+    assert big.done()
+    assert [v.node_id for v in big.result()[0]] == ["agx"]
+    assert not small.done()
     # reserved when placed; the orchestrator's reserve got that reservation back
-    assert directory.reserved == [("agx", 130)]
-    assert small.result()[1].serial == 1
-    order, _ = await big
-    assert order == []  # its hold (10.8 - 500 * 4 / 260 s, /10) ran out: the cloud
+    assert directory.reserved == [("agx", 580)]
+    assert big.result()[1].serial == 1
+    directory.set("nano", in_flight=1)  # a slow slot frees: the small request takes it
+    order, _ = await small
+    assert [v.node_id for v in order] == ["nano"]
+    assert directory.reserved == [("agx", 580), ("nano", 130)]
+
+
+async def test_policy_router_sends_a_request_to_the_cloud_when_its_hold_ends():
+    directory = ListDirectory([full_agx()])
+    policy = CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0, target_s=0.3)
+    router = PolicyRouter(directory, policy, "c")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await router.order_when_fit(80, 50, "general") == []  # held 0.3 - 0.18 s
+    assert 0.1 <= loop.time() - started < 1.0
+    assert directory.reserved == []
 
 
 async def test_policy_router_without_a_hold_orders_at_once():
