@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker import BusSettings
 from broker.config_file import ConfigFileError, load_config_file
@@ -35,7 +35,14 @@ class GatewayConfig(BaseModel):
     bus: BusSettings = Field(default_factory=BusSettings)
     http_host: str = Field("127.0.0.1", description="OpenAI-compatible API address")
     http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
-    policy: str = Field("fit_first", description="random | weighted | load_aware | fit_first")
+    policy: str = Field(
+        "fit_first", description="random | weighted | load_aware | fit_first | cost_aware"
+    )
+    policy_options: dict[str, float] = Field(
+        default_factory=dict,
+        description="keyword options of the policy, e.g. cost_aware's target_s (latency "
+        "objective, s), patience, cloud_base_s and cloud_tps (the cloud's expected latency)",
+    )
     capability: str = Field("chat", description="the capability pool edge requests go to")
     confidence_threshold: float = Field(
         0.0, ge=0.0, le=1.0, description="edge answers below this escalate (tenant can override)"
@@ -73,11 +80,10 @@ class GatewayConfig(BaseModel):
     def _valid_id(cls, value: str) -> str:
         return validate_id(value, "gateway_id")
 
-    @field_validator("policy")
-    @classmethod
-    def _known_policy(cls, value: str) -> str:
-        make_policy(value)  # raises with the list of known policies
-        return value
+    @model_validator(mode="after")
+    def _known_policy(self) -> GatewayConfig:
+        make_policy(self.policy, **self.policy_options)  # raises with what is known
+        return self
 
 
 def load_gateway_config(

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import inspect
 import itertools
 import random
 import time
@@ -386,15 +387,30 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def make_policy(name: str) -> Policy:
-    """The policy called ``name``; :class:`UnknownPolicyError` lists the known ones."""
+def make_policy(name: str, **options: float) -> Policy:
+    """The policy called ``name``, configured with ``options`` (keyword arguments).
+
+    :class:`UnknownPolicyError` lists the known policies, or the options the policy
+    takes when one is unknown; a bad value raises the policy's own ``ValueError``.
+    """
     try:
         cls = POLICIES[name]
     except KeyError:
         raise UnknownPolicyError(
             f"unknown scheduling policy {name!r}; known policies: {', '.join(sorted(POLICIES))}"
         ) from None
-    return cls()
+    known = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UnknownPolicyError(
+            f"policy {name!r} has no option {', '.join(unknown)}; its options: "
+            f"{', '.join(known) or 'none'}"
+        )
+    return cls(**options)
 
 
 class DecisionTiming(TypedDict):

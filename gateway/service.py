@@ -47,6 +47,7 @@ from gateway.ledger import Ledger, LedgerError
 from gateway.nodes import NodeDirectory
 from gateway.orchestrator import GatewayError, Orchestrator, Query
 from gateway.planner import PlanError
+from gateway.policies import make_policy
 from gateway.pricing import PriceTable
 from gateway.routing import CacheAdapter, PolicyRouter, load_classify
 from gateway.tenants import QuotaExceeded
@@ -85,7 +86,9 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
         cache = CacheAdapter(encode, ttl_s=config.cache_ttl_s) if config.cache_enabled else None
         orchestrator = Orchestrator(
             rpc=rpc,
-            router=PolicyRouter(directory, config.policy, config.capability),
+            router=PolicyRouter(
+                directory, make_policy(config.policy, **config.policy_options), config.capability
+            ),
             books=LedgerBooks(ledger, mirror, PriceTable(), cloud_model=config.cloud.model),
             classify=classify,
             cloud=cloud,

@@ -108,3 +108,21 @@ def test_example_gateway_config_is_valid():
     config = load_gateway_config(CONFIGS / "gateway.yaml", env={})
     assert config.policy == "fit_first"
     assert config.cloud.api_key_env == "OPENAI_API_KEY"
+
+
+def test_gateway_config_validates_the_policy_and_its_options():
+    from gateway.config import GatewayConfigError, load_gateway_config  # noqa: PLC0415
+
+    env = {
+        "EDGECOLLAB_GATEWAY__POLICY": "cost_aware",
+        "EDGECOLLAB_GATEWAY__POLICY_OPTIONS__TARGET_S": "8",
+    }
+    config = load_gateway_config(CONFIGS / "gateway.yaml", env=env)
+    assert config.policy_options == {"target_s": 8.0}
+    for bad, message in (
+        ({"EDGECOLLAB_GATEWAY__POLICY": "round_robin"}, "known policies"),
+        ({**env, "EDGECOLLAB_GATEWAY__POLICY_OPTIONS__SLO": "8"}, "no option slo"),
+        ({**env, "EDGECOLLAB_GATEWAY__POLICY_OPTIONS__TARGET_S": "0"}, "target_s must be > 0"),
+    ):
+        with pytest.raises(GatewayConfigError, match=message):
+            load_gateway_config(CONFIGS / "gateway.yaml", env=bad)

@@ -79,6 +79,18 @@ def test_registry_and_unknown_name():
         make_policy("round_robin")
 
 
+def test_make_policy_takes_the_policys_options_and_names_them_when_one_is_unknown():
+    policy = make_policy("cost_aware", target_s=8.0, patience=1.0)
+    assert isinstance(policy, CostAwarePolicy)
+    assert (policy.target_s, policy.patience) == (8.0, 1.0)
+    with pytest.raises(UnknownPolicyError, match="no option deadline; its options: .*target_s"):
+        make_policy("cost_aware", deadline=8.0)
+    with pytest.raises(UnknownPolicyError, match="no option target_s; its options: none"):
+        make_policy("random", target_s=8.0)
+    with pytest.raises(ValueError, match="target_s must be > 0"):
+        make_policy("cost_aware", target_s=-1.0)
+
+
 def test_random_covers_every_node_regardless_of_capacity():
     nodes = [view(f"n{i}", capacity_tps=1.0 + 100 * i, in_flight=i % 4) for i in range(10)]
     rng, req = random.Random(1), RequestShape(50, 100)
