@@ -83,7 +83,7 @@ def test_make_policy_takes_the_policys_options_and_names_them_when_one_is_unknow
     policy = make_policy("cost_aware", target_s=8.0, patience=1.0)
     assert isinstance(policy, CostAwarePolicy)
     assert (policy.target_s, policy.patience) == (8.0, 1.0)
-    with pytest.raises(UnknownPolicyError, match="no option deadline; its options: .*target_s"):
+    with pytest.raises(UnknownPolicyError, match=r"no option deadline; its options: .*target_s"):
         make_policy("cost_aware", deadline=8.0)
     with pytest.raises(UnknownPolicyError, match="no option target_s; its options: none"):
         make_policy("random", target_s=8.0)
