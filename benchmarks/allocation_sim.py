@@ -97,8 +97,8 @@ def _shape(req: Req) -> RequestShape:
 class _Native:
     """A gateway policy: order, and (cost_aware) how long to hold a request."""
 
-    def __init__(self, name: str, seed: int) -> None:
-        self.policy, self.rng = make_policy(name), random.Random(seed)
+    def __init__(self, name: str, seed: int, options: Mapping[str, float]) -> None:
+        self.policy, self.rng = make_policy(name, **options), random.Random(seed)
 
     def order(self, req: Req, views: list[NodeView]) -> list[str]:
         order = self.policy.order(_shape(req), views, self.rng, limit=DEFAULT_LIMIT)
@@ -159,12 +159,14 @@ def simulate(
     attempts: int = MAX_ATTEMPTS,
     overhead_s: float = 0.0,
     check: bool = False,
+    options: Mapping[str, float] | None = None,
     records: list[tuple[int, str, float]] | None = None,
 ) -> PolicyResult:
     """Run ``trace`` through the cluster with one policy; ``check`` asserts every event.
 
-    ``records``, when given, receives one ``(max_tokens, route, latency s)`` per request
-    (route ``edge`` or ``cloud``), in completion order.
+    ``options`` configure the policy (``make_policy``). ``records``, when given,
+    receives one ``(max_tokens, route, latency s)`` per request (route ``edge`` or
+    ``cloud``), in completion order.
     """
     prices = PriceTable()
     random.seed(seed)  # LiteLLM's strategies draw from the global random module
@@ -174,7 +176,7 @@ def simulate(
     chooser = (
         _LiteLLM(policy_name, nodes, lambda: clock[0])
         if policy_name.startswith("litellm_")
-        else _Native(policy_name, seed)
+        else _Native(policy_name, seed, options or {})
     )
     latencies: list[float] = []
     processed = rejected = redirects = 0
@@ -287,6 +289,17 @@ def _ratio(policies: dict[str, PolicyResult], a: str, b: str) -> float | None:
     return round(policies[a]["cloud_cost_usd"] / policies[b]["cloud_cost_usd"], 3)
 
 
+def _option(text: str) -> tuple[str, float]:
+    """``target_s=8`` -> ("target_s", 8.0)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+
+
 def _mix(text: str) -> tuple[tuple[str, int], ...]:
     """``jetson-agx-orin:4,raspberry-pi-5:4`` -> ((name, count), ...)."""
     out = []
@@ -311,11 +324,26 @@ def main() -> None:
     parser.add_argument("--staleness", type=float, default=STALENESS_S, help="load debounce, s")
     parser.add_argument("--budget", type=int, default=BUDGET, help="max_inflight_tokens")
     parser.add_argument("--attempts", type=int, default=MAX_ATTEMPTS, help="edge tries")
+    parser.add_argument(
+        "--cost-aware",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of cost_aware, e.g. target_s=8 or patience=1 (repeatable)",
+    )
     args = parser.parse_args()
+    try:
+        make_policy("cost_aware", **dict(args.cost_aware))
+    except ValueError as exc:
+        parser.error(str(exc))
     trace = make_trace(args.seed, args.duration, args.base_rps)
     t0 = time.perf_counter()
-    results = {
-        name: simulate(
+    results: dict[str, PolicyResult] = {}
+    tails: dict[str, dict[str, float]] = {}
+    for name in args.policies:
+        records: list[tuple[int, str, float]] = []
+        results[name] = simulate(
             trace,
             name,
             seed=args.seed,
@@ -323,9 +351,14 @@ def main() -> None:
             staleness_s=args.staleness,
             attempts=args.attempts,
             mix=args.mix,
+            options=dict(args.cost_aware) if name == "cost_aware" else None,
+            records=records,
         )
-        for name in args.policies
-    }
+        latencies = sorted(r[2] for r in records)
+        tails[name] = {
+            "p99_ms": percentile_ms(latencies, 0.99),
+            "max_ms": round(latencies[-1] * 1e3, 1) if latencies else 0.0,
+        }
     ratios = {
         "load_aware/random": _ratio(results, "load_aware", "random"),
         "fit_first/load_aware": _ratio(results, "fit_first", "load_aware"),
@@ -346,7 +379,9 @@ def main() -> None:
             "cloud_price": "GPT-4 8K: $0.03 / 1K prompt, $0.06 / 1K completion tokens",
         },
         "trace": describe(trace, args.duration, args.base_rps, args.seed),
+        "cost_aware_options": dict(args.cost_aware),
         "policies": results,
+        "tails": tails,
         "ratios": ratios,
         "runtime_s": round(time.perf_counter() - t0, 3),
     }
@@ -355,6 +390,8 @@ def main() -> None:
         return
     print(f"{mix}; {len(trace)} requests, seed {args.seed}")
     print_table(results)
+    for name, tail in tails.items():
+        print(f"{name}: p99 {tail['p99_ms']:g} ms, max {tail['max_ms']:g} ms")
     for label, value in ratios.items():
         print(f"cloud cost {label}: {value}")
 
