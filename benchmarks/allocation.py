@@ -34,8 +34,10 @@ from benchmarks import litellm_router
 from benchmarks.allocation_sim import MAX_ATTEMPTS, MIX, PolicyResult, print_table, simulate
 from benchmarks.trace import describe, make_trace
 from broker import BusSettings, MosquittoBroker
+from gateway.policies import CostAwarePolicy
 
 OURS = "cost_aware"
+OURS_DEFAULTS = CostAwarePolicy()
 POLICY_NAMES = (
     "random",
     "weighted",
@@ -204,7 +206,10 @@ def main() -> None:
         ),
         "attempts_rule": (
             "one edge attempt per request for every method (the paper's rule); cost_aware "
-            "may hold a request at the gateway up to cloud latency - edge time, then cloud"
+            "may hold a request that fits nowhere at the gateway: while the cloud could "
+            f"still answer within its latency objective ({OURS_DEFAULTS.target_s:g} s), "
+            f"or, when it could not, up to {OURS_DEFAULTS.patience:g} x the cloud's "
+            "latency; then the cloud"
         ),
     }
     t0 = time.perf_counter()

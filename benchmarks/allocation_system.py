@@ -119,8 +119,7 @@ class ObservedRpc(RpcClient):
         self.overheads_s: list[float] = []
 
     async def call(self, topic: str, request: Any, **kwargs: Any) -> Result:
-        last = getattr(self.router, "last_held", None)
-        held = None if last is None else last.pop(asyncio.current_task(), None)
+        held = None if self.router is None else self.router.sent()
         started = time.monotonic()
         try:
             result = await super().call(topic, request, **kwargs)
@@ -285,6 +284,8 @@ async def run_policy(
         # mean wall round trip beyond the engine's own time, in simulated seconds
         "overhead_s": round(statistics.fmean(rpc.overheads_s or [0.0]) * speedup, 4),
     }
+    if isinstance(getattr(router, "stats", None), dict):  # LiteLLM: what its Router saw
+        extra["litellm"] = dict(router.stats)
     return result, extra
 
 

@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +62,7 @@ NAMES: dict[str, Strategy] = {
 GROUP = "edge"
 MEAN_PROMPT_TOKENS, MEAN_COMPLETION_TOKENS = 75.0, 158.5  # the trace's means
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+_SENT: ContextVar[Held | None] = ContextVar("litellm_router_sent", default=None)
 
 
 class LiteLLMMissing(RuntimeError):
@@ -148,8 +150,7 @@ class LiteLLMRouter:
             )
         self.router = Router(model_list=model_list, routing_strategy=self.strategy)
         self._deployments = {d["model_info"]["id"]: d for d in model_list}
-        self.stats = {"picked": 0, "no_deployment": 0, "rate_limited": 0}
-        self.last_held: dict[object, Held] = {}  # task -> its request, for ObservedRpc
+        self.stats = {"picked": 0, "no_deployment": 0, "rate_limited": 0, "outcomes": 0}
 
     def _now(self) -> dt.datetime:
         return EPOCH + dt.timedelta(seconds=self.clock())
@@ -179,16 +180,27 @@ class LiteLLMRouter:
             "litellm_params": {"metadata": {"model_group": GROUP}, "model_info": {"id": node_id}}
         }
         held = Held(node_id, tokens, kwargs=kwargs)
-        with contextlib.suppress(RuntimeError):  # no loop: the model reports outcomes itself
-            self.last_held[asyncio.current_task()] = held
+        _SENT.set(held)
         busy = getattr(self.router, "leastbusy_logger", None)
         if busy is not None:
             busy.log_pre_api_call(node_id, [], kwargs)
         return held
 
+    @staticmethod
+    def sent() -> Held | None:
+        """The request this task (or the task it started) last reserved a node for.
+
+        A context variable, not a map keyed by task: the orchestrator runs the edge call
+        in a task of its own (to watch the node's death), which inherits the context
+        of the task that reserved. ``None`` once its outcome is known.
+        """
+        held = _SENT.get()
+        return held if held is not None and held.outcome is None else None
+
     def outcome(self, held: Held, total_tokens: int | None) -> None:
         """What happened on the bus: the answer's total tokens, or ``None`` for a failure."""
         held.outcome = -1 if total_tokens is None else total_tokens
+        self.stats["outcomes"] += 1
 
     def release(self, held: Held) -> None:
         ok = held.outcome is not None and held.outcome >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -59,20 +60,40 @@ def test_litellm_usage_based_stops_at_the_rpm_limit_per_minute() -> None:
     assert router.order(50, 100, "general") != []
 
 
+async def test_litellm_router_hands_the_request_to_the_task_that_calls_the_node() -> None:
+    router = LiteLLMRouter("litellm_usage_based", NODES, clock=lambda: 0.0)
+    held = router.reserve("agx", 150)
+
+    async def edge_attempt() -> None:  # the orchestrator's own task for the call
+        assert router.sent() is held
+        router.outcome(held, 150)
+        assert router.sent() is None  # its outcome is known
+
+    await asyncio.create_task(edge_attempt())
+    assert held.outcome == 150
+    assert router.stats["outcomes"] == 1
+    router.release(held)
+
+
 async def test_short_run_through_the_system_adds_up_and_agrees_with_the_model(
     mosquitto,
 ) -> None:
     trace = make_trace(4, 60.0, 2.0)  # light: one minute, no surge
     bus = settings(mosquitto)
     system, model = {}, {}
-    for k, name in enumerate(("load_aware", "cost_aware", "litellm_least_busy")):
+    for k, name in enumerate(
+        ("load_aware", "cost_aware", "litellm_least_busy", "litellm_usage_based")
+    ):
         result, extra = await run_policy(name, trace, bus, speedup=20.0, run=f"ta{k}")
         assert extra["errors"] == 0
         assert result["processed"] + result["cloud_redirects"] == extra["sent"] == len(trace)
         assert extra["ledger_requests"] == len(trace)  # every request is in the ledger
         assert extra["ledger_edge"] == result["processed"]
         assert extra["ledger_cloud"] == result["cloud_redirects"] == extra["cloud_calls_simulated"]
-        assert result["processed"] > 0.8 * len(trace)  # a light load stays at the edge
+        if name != "litellm_usage_based":  # it sends to the lowest tokens/min, busy or not
+            assert result["processed"] > 0.8 * len(trace)  # a light load stays at the edge
+        if name.startswith("litellm_"):  # LiteLLM learnt how every edge attempt ended
+            assert extra["litellm"]["outcomes"] == result["processed"] + result["rejected"]
         system[name] = result
         model[name] = simulate(trace, name, seed=4, overhead_s=extra["overhead_s"])
     check = agreement(system, model, len(trace))
