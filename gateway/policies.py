@@ -342,8 +342,10 @@ class CostAwarePolicy(FitFirstPolicy):
         """
         views = {v.node_id: v for v in candidates}
         placed: list[tuple[HeldRequest, NodeView]] = []
+        free = sum(v.free_slots for v in candidates)
 
         def take(h: HeldRequest, in_time: bool) -> bool:
+            nonlocal free
             tokens, max_tokens = h.shape.tokens, h.shape.max_tokens
             done = _completion(tokens)
             for v in self.order(h.shape, list(views.values()), rng):
@@ -352,21 +354,19 @@ class CostAwarePolicy(FitFirstPolicy):
                 if in_time and h.waited_s + done(v) > self.target_s:
                     continue
                 placed.append((h, v))
+                free -= 1
                 views[v.node_id] = replace(
                     v, in_flight=v.in_flight + 1, tokens_in_flight=v.tokens_in_flight + tokens
                 )
                 return True
             return False
 
-        def any_free() -> bool:
-            return any(v.free_slots > 0 for v in views.values())
-
         rest: list[HeldRequest] = []
         for h in sorted(held, key=lambda h: (-h.shape.max_tokens, h.key)):
-            if not (any_free() and take(h, in_time=True)):
+            if not (free > 0 and take(h, in_time=True)):
                 rest.append(h)
         for h in sorted(rest, key=lambda h: (h.shape.max_tokens, h.key)):
-            if not any_free():
+            if free <= 0:
                 break
             take(h, in_time=False)
         return placed
