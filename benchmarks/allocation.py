@@ -148,7 +148,8 @@ def plot(results: dict[str, PolicyResult], path: Path, title: str) -> None:
         counts.bar(xs, [dict(results[n])[key] for n in names], width, label=label)
     counts.set_xticks(range(len(names)), names, rotation=25, ha="right")
     counts.set_ylabel("requests")
-    counts.legend()
+    counts.set_ylim(0, counts.get_ylim()[1] * 1.25)  # room for the legend above the bars
+    counts.legend(loc="upper right")
     counts.set_title("requests by outcome")
     bars = costs.bar(names, [results[n]["cloud_cost_usd"] for n in names], color="tab:red")
     costs.bar_label(bars, fmt="$%.2f", fontsize=8)
