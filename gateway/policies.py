@@ -56,10 +56,11 @@ limits are honoured; beyond that:
 
   Freed capacity goes to held requests in two passes (:meth:`CostAwarePolicy.place_held`):
   first, largest first, to those that still meet the objective on a node that fits
-  (waited + expected completion <= ``target_s``), so a slot on a fast node serves a
-  large request in time rather than a small one that would be as quick in the cloud;
-  then, smallest first, to the rest on any node that fits (per second of slot time a
-  small request saves the most cloud money: its prompt is billed too). A held request
+  (waited + ``max_tokens`` at the request's share of the node's rate, processor
+  sharing, <= ``target_s``), so a slot on a fast node serves a large request in time
+  rather than a small one that would be as quick in the cloud; then, smallest first,
+  to the rest on any node that fits (per second of slot time a small request saves
+  the most cloud money: its prompt is billed too). A held request
   that fits nowhere when its hold ends goes to the cloud without a refused attempt.
   :meth:`CostAwarePolicy.hold_s` says how long; the gateway's router waits on the
   node directory (``gateway.routing.PolicyRouter``).
@@ -347,7 +348,7 @@ class CostAwarePolicy(FitFirstPolicy):
         def take(h: HeldRequest, in_time: bool) -> bool:
             nonlocal free
             tokens, max_tokens = h.shape.tokens, h.shape.max_tokens
-            done = _completion(tokens)
+            done = _shared_finish(max_tokens)
             for v in self.order(h.shape, list(views.values()), rng):
                 if not v.fits(tokens, max_tokens):
                     break  # fitting nodes come first
@@ -370,6 +371,26 @@ class CostAwarePolicy(FitFirstPolicy):
                 break
             take(h, in_time=False)
         return placed
+
+
+def _shared_finish(max_tokens: int) -> Callable[[NodeView], float]:
+    """Seconds a request would take on a node once it joins the streams running there.
+
+    Processor sharing, as the device shares its throughput: each of ``n`` streams
+    decodes at ``stream_tps * min(1, k / n)`` with ``k = capacity_tps / stream_tps``.
+    The streams already running are taken to run throughout (an upper bound: they
+    end, and this one speeds up); the prompt is left out (prefill runs ten or more
+    times faster than decode). :func:`_completion`, fit_first's ranking, counts every
+    in-flight token as still to come and every prompt token at decode speed: it
+    orders nodes well but overstates the time by seconds on a busy node, which
+    made requests that would have been in time wait until they were late.
+    """
+
+    def seconds(v: NodeView) -> float:
+        k = v.capacity_tps / v.stream_tps
+        return max_tokens / (v.stream_tps * min(1.0, k / (v.in_flight + 1)))
+
+    return seconds
 
 
 def _completion(tokens: int) -> Callable[[NodeView], float]:

@@ -473,9 +473,13 @@ def test_place_held_gives_a_fast_slot_to_the_large_request_that_meets_the_object
         HeldRequest(1, RequestShape(80, 500), 0.5),
         HeldRequest(2, RequestShape(80, 50), 0.5),
     )
-    nodes = [agx(1, tokens_in_flight=600), nano("nano", 1, tokens_in_flight=200)]
-    # 500 tokens on the AGX: 0.5 + (600 + 580) / 260 = 5.0 s <= 5.5; on the Nano 10.2 s
-    assert placements([small, big], nodes) == {1: "agx", 2: "nano"}
+    fast = view("agx", slots=2, in_flight=1, capacity_tps=260.0, stream_tps=130.0)
+    # 500 tokens as the second of two streams on the AGX: 0.5 + 500 / 130 = 4.3 s <= 5.5;
+    # on the Nano 0.5 + 500 / 45 = 11.6 s; the small one is in time there (1.6 s)
+    assert placements([small, big], [fast, nano("nano", 1)]) == {1: "agx", 2: "nano"}
+    # as the fourth stream of a busy AGX (500 / 65 = 7.7 s) it is not in time: the small
+    # one, in time anywhere, takes the faster slot and the large one the other
+    assert placements([small, big], [agx(1), nano("nano", 1)]) == {2: "agx", 1: "nano"}
 
 
 def test_place_held_then_serves_the_smallest_first_when_no_one_can_meet_the_objective():
@@ -543,7 +547,7 @@ def full_agx(**kw: Any) -> NodeView:
 
 
 async def test_policy_router_holds_then_places_as_the_policy_says():
-    directory = ListDirectory([full_agx(), nano("nano", 0, tokens_in_flight=260)])
+    directory = ListDirectory([full_agx()])
     # x10 compressed: cloud 0.08 s + tokens / 500, objective 0.55 s; 500 tokens take
     # 1.08 s in the cloud, more than the objective: held 0.2 x 1.08 s
     policy = CostAwarePolicy(cloud_base_s=0.08, cloud_tps=500.0, target_s=0.55, patience=0.2)
@@ -554,23 +558,18 @@ async def test_policy_router_holds_then_places_as_the_policy_says():
         node = order[0].node_id if order else "cloud"
         return order, router.reserve(node, 80 + max_tokens)  # as the orchestrator does next
 
-    big = asyncio.create_task(held(500))
     small = asyncio.create_task(held(50))
+    big = asyncio.create_task(held(500))
     await asyncio.sleep(0.02)
     assert not big.done()
     assert not small.done()
-    directory.set("agx", in_flight=3)  # a fast slot frees: the large request meets the
-    await asyncio.sleep(0.01)  # objective there (580 / 1300 s), so it goes first
-    assert big.done()
-    assert [v.node_id for v in big.result()[0]] == ["agx"]
-    assert not small.done()
-    # reserved when placed; the orchestrator's reserve got that reservation back
-    assert directory.reserved == [("agx", 580)]
-    assert big.result()[1].serial == 1
-    directory.set("nano", in_flight=1)  # a slow slot frees: the small request takes it
-    order, _ = await small
-    assert [v.node_id for v in order] == ["nano"]
-    assert directory.reserved == [("agx", 580), ("nano", 130)]
+    directory.set("agx", in_flight=1)  # three slots free: the large request first (in
+    await asyncio.sleep(0.01)  # time as the second stream: 500 / 1300 s), then the small
+    assert [v.node_id for v in (await big)[0]] == ["agx"]
+    assert [v.node_id for v in (await small)[0]] == ["agx"]
+    # reserved when placed, largest first; the orchestrator's reserve got them back
+    assert directory.reserved == [("agx", 580), ("agx", 130)]
+    assert (big.result()[1].serial, small.result()[1].serial) == (1, 2)
 
 
 async def test_policy_router_sends_a_request_to_the_cloud_when_its_hold_ends():
