@@ -147,6 +147,24 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     exit 0
 fi
 
+# llama.cpp built with -march=native (llama-cpp-python's default) compiles its AMX
+# kernels on CPUs that have AMX (Xeon Sapphire Rapids and later), and those crash
+# (SIGSEGV in ggml_backend_amx_mul_mat) on the Q4_1 SmolLM2 here. On such a CPU, with
+# no CMAKE_ARGS of the user's, llama-cpp-python is built once without them (AVX-512
+# kept) into the wheelhouse, which the install below prefers; about 10 minutes.
+needs_llama() { case ",$EXTRAS," in *,node,* | *,all,* | *,dev,*) return 0 ;; esac; return 1; }
+if needs_llama && [ -z "${CMAKE_ARGS:-}" ] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null &&
+    ! compgen -G "$wheelhouse/llama_cpp_python-*.whl" >/dev/null; then
+    say "this CPU has AMX: building llama-cpp-python without the AMX kernels into $wheelhouse"
+    mkdir -p "$wheelhouse"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+        "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-cache-dir \
+        "$(grep -o '"llama-cpp-python[^"]*"' "$ROOT/pyproject.toml" | head -1 | tr -d '"')" \
+        -w "$wheelhouse"
+fi
+
 pip_args=(--quiet --prefer-binary)
 if [ -d "$wheelhouse" ]; then
     pip_args+=(--find-links "$wheelhouse")
