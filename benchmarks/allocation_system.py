@@ -10,9 +10,9 @@ replayed at ``speedup`` times real time.
 Every clock of the system is compressed by the same factor: the engines' rates,
 the nodes' load debounce (``load_interval_s = 0.2 / speedup``), the gateway's
 nominal node rates, cost_aware's cloud model and latency objective (the gateway
-works in wall time), the cloud stand-in's latency and LiteLLM's minute windows. What cannot be
-compressed is the system's own overhead (MQTT round trips, Python): a 1 ms round
-trip counts as ``speedup`` ms of simulated time, so latencies here are a little
+works in wall time), the cloud stand-in's latency and LiteLLM's minute windows.
+What cannot be compressed is the system's own overhead (MQTT round trips, Python):
+a 1 ms round trip counts as ``speedup`` ms of simulated time, so latencies here are a little
 higher than the model's.
 
 The cloud is a stand-in, labelled simulated: an ``httpx`` transport under the real
@@ -222,15 +222,9 @@ async def run_policy(
                 )
                 rpc = ObservedRpc(gw, router)
             else:
-                policy = (
-                    CostAwarePolicy(
-                        cloud_base_s=CLOUD_BASE_S / speedup,
-                        cloud_tps=CLOUD_TPS * speedup,
-                        target_s=CostAwarePolicy().target_s / speedup,
-                    )
-                    if name == CostAwarePolicy.name
-                    else make_policy(name)
-                )
+                policy = make_policy(name)
+                if isinstance(policy, CostAwarePolicy):
+                    policy = policy.time_scaled(speedup)
                 router = PolicyRouter(directory, policy, f"{run}chat")
                 rpc = ObservedRpc(gw)
             await stack.enter_async_context(rpc)
@@ -284,7 +278,7 @@ async def run_policy(
         # mean wall round trip beyond the engine's own time, in simulated seconds
         "overhead_s": round(statistics.fmean(rpc.overheads_s or [0.0]) * speedup, 4),
     }
-    if isinstance(getattr(router, "stats", None), dict):  # LiteLLM: what its Router saw
+    if name.startswith("litellm_"):  # what LiteLLM's Router saw
         extra["litellm"] = dict(router.stats)
     return result, extra
 

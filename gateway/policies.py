@@ -314,6 +314,17 @@ class CostAwarePolicy(FitFirstPolicy):
         self.target_s = target_s
         self.patience = patience
 
+    def time_scaled(self, factor: float) -> CostAwarePolicy:
+        """The same policy with every duration divided by ``factor`` (compressed time)."""
+        return CostAwarePolicy(
+            cloud_base_s=self.cloud_base_s / factor,
+            cloud_tps=self.cloud_tps * factor,
+            target_s=self.target_s / factor,
+            patience=self.patience,
+            scan_limit=self.scan_limit,
+            choices=self.choices,
+        )
+
     def cloud_s(self, max_tokens: int) -> float:
         """Expected seconds for the cloud to answer ``max_tokens``."""
         return self.cloud_base_s + max_tokens / self.cloud_tps
